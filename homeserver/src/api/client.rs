@@ -1,0 +1,9 @@
+//! The Client-Server API, one file per area of the spec.
+
+pub mod account;
+pub mod capabilities;
+pub mod devices;
+pub mod login;
+pub mod profile;
+pub mod register;
+pub mod versions;

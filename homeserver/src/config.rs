@@ -1,0 +1,348 @@
+//! Configuration: built-in defaults (a zero-setup server on SQLite under `./data`), then an
+//! optional TOML file, then `MYELIN_*` environment variables (nested keys joined by `__`).
+//!
+//! Unknown keys and invalid values are refused at start-up with an error naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The whole configuration of one homeserver process.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The server name: the part after the colon in `@alice:example.org`. May carry a port.
+    #[serde(deserialize_with = "string_or_number")]
+    pub server_name: String,
+    /// Where the SQLite database, the signing key and media live.
+    pub data_dir: PathBuf,
+    /// The URL clients reach the client API at; served in `/.well-known/matrix/client`.
+    /// Defaults to `http://{server_name}`.
+    pub public_baseurl: Option<String>,
+    /// Listening sockets.
+    pub listen: Listen,
+    /// Database connection.
+    pub database: Database,
+    /// Who may create accounts.
+    pub registration: Registration,
+    /// Request rate limits.
+    pub rate_limits: RateLimits,
+    /// Size limits on requests.
+    pub limits: Limits,
+    /// What `/.well-known/matrix/server` delegates federation to.
+    pub well_known: WellKnown,
+    /// The log filter, in `tracing_subscriber::EnvFilter` syntax (`RUST_LOG` wins when set).
+    pub log: String,
+}
+
+/// Listening sockets.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Address and port of the Client-Server API listener.
+    pub client: SocketAddr,
+}
+
+/// Database connection.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// `sqlite://PATH` or `postgres://…`. Defaults to `sqlite://{data_dir}/myelin.db`.
+    pub url: Option<String>,
+    /// Upper bound on pooled connections.
+    pub max_connections: u32,
+}
+
+/// Who may create accounts.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Registration {
+    /// Whether `POST /register` creates accounts at all.
+    pub enabled: bool,
+    /// When set, registration requires this pre-shared token (`m.login.registration_token`).
+    #[serde(deserialize_with = "optional_string_or_number")]
+    pub token: Option<String>,
+}
+
+/// Request rate limits, per client IP address and per account.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// Master switch; benchmarks and tests turn it off.
+    pub enabled: bool,
+    /// `POST /login`, per IP address and per account.
+    pub login: Rate,
+    /// `POST /register` and `GET /register/available`, per IP address.
+    pub registration: Rate,
+}
+
+/// A token bucket: refills `per_second` requests per second, holds at most `burst`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Sustained requests per second.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet period.
+    pub burst: u32,
+}
+
+/// Size limits on requests.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted JSON request body in bytes.
+    pub max_request_body: usize,
+}
+
+/// Federation delegation advertised to other servers.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WellKnown {
+    /// `host[:port]` other servers should use for federation; unset means
+    /// `/.well-known/matrix/server` answers 404 and servers fall back to the spec's defaults.
+    pub server: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost:8008".to_owned(),
+            data_dir: PathBuf::from("./data"),
+            public_baseurl: None,
+            listen: Listen::default(),
+            database: Database::default(),
+            registration: Registration::default(),
+            rate_limits: RateLimits::default(),
+            limits: Limits::default(),
+            well_known: WellKnown::default(),
+            log: "info,poem=warn".to_owned(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)) }
+    }
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Self { url: None, max_connections: 16 }
+    }
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        // Open by default so that the zero-configuration server on loopback is usable at once;
+        // `main` warns when it is open on a non-loopback address.
+        Self { enabled: true, token: None }
+    }
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            login: Rate { per_second: 0.17, burst: 5 },
+            registration: Rate { per_second: 0.17, burst: 6 },
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // Matrix events are at most 65,536 bytes; 1 MiB leaves room for any JSON request
+        // the client API takes while keeping a hostile body from exhausting memory.
+        Self { max_request_body: 1024 * 1024 }
+    }
+}
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, the environment or a value could not be read.
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value was read but is not acceptable.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `MYELIN_*` variables from the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!("{} is not a readable file", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: Config = figment
+            .merge(
+                Env::prefixed("MYELIN_")
+                    // Not configuration keys: the config file's path (read by the command line
+                    // parser) and the test suite's namespace.
+                    .filter(|key| {
+                        let key = key.as_str().to_ascii_lowercase();
+                        key != "config_file" && !key.starts_with("test_")
+                    })
+                    .split("__"),
+            )
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that deserialize fine but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if let Err(e) = ruma_common::ServerName::parse(&self.server_name) {
+            return invalid("server_name", format!("{:?} is not a server name: {e}", self.server_name));
+        }
+        if let Some(url) = &self.public_baseurl
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return invalid("public_baseurl", format!("{url:?} is not an http(s) URL"));
+        }
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return invalid("database.url", format!("{url:?} is neither sqlite:… nor postgres://…"));
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1".to_owned());
+        }
+        if let Some(token) = &self.registration.token
+            && (token.is_empty() || token.len() > 64)
+        {
+            return invalid("registration.token", "must be 1 to 64 characters".to_owned());
+        }
+        for (key, rate) in
+            [("rate_limits.login", self.rate_limits.login), ("rate_limits.registration", self.rate_limits.registration)]
+        {
+            if !(rate.per_second.is_finite() && rate.per_second > 0.0) || rate.burst == 0 {
+                return invalid(key, "per_second must be > 0 and burst >= 1".to_owned());
+            }
+        }
+        if self.limits.max_request_body < 65_536 {
+            return invalid("limits.max_request_body", "must be at least 65536 bytes".to_owned());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return invalid("log", e.to_string());
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to a SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("myelin.db").display()),
+        }
+    }
+
+    /// The base URL clients should use, without a trailing slash.
+    pub fn public_baseurl(&self) -> String {
+        match &self.public_baseurl {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.server_name),
+        }
+    }
+
+    /// Folder for media objects (the local object store).
+    pub fn media_dir(&self) -> PathBuf {
+        self.data_dir.join("media")
+    }
+}
+
+/// Environment values that look like numbers arrive as numbers; a server name or token may
+/// legitimately be all digits, so accept both.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrNumber {
+    S(String),
+    I(i64),
+    U(u64),
+}
+
+impl From<StringOrNumber> for String {
+    fn from(raw: StringOrNumber) -> Self {
+        match raw {
+            StringOrNumber::S(s) => s,
+            StringOrNumber::I(i) => i.to_string(),
+            StringOrNumber::U(u) => u.to_string(),
+        }
+    }
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    StringOrNumber::deserialize(deserializer).map(String::from)
+}
+
+fn optional_string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Option::<StringOrNumber>::deserialize(deserializer).map(|raw| raw.map(String::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_zero_config_server() {
+        let c = Config::default();
+        assert_eq!(c.server_name, "localhost:8008");
+        assert_eq!(c.listen.client.to_string(), "127.0.0.1:8008");
+        assert!(c.database_url().starts_with("sqlite://./data/myelin.db"));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_unknown_keys_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MYELIN_SERVER_NAME", "localhost:9000");
+            jail.set_env("MYELIN_LISTEN__CLIENT", "127.0.0.1:9000");
+            jail.set_env("MYELIN_RATE_LIMITS__ENABLED", "false");
+            jail.set_env("MYELIN_REGISTRATION__TOKEN", "12345");
+            jail.set_env("MYELIN_CONFIG_FILE", "ignored.toml");
+            jail.set_env("MYELIN_TEST_POSTGRES_URL", "postgres://ignored");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.server_name, "localhost:9000");
+            assert_eq!(c.listen.client.port(), 9000);
+            assert!(!c.rate_limits.enabled);
+            assert_eq!(c.registration.token.as_deref(), Some("12345"));
+
+            jail.set_env("MYELIN_LISTEN__CLEINT", "127.0.0.1:1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("cleint"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[listen]\nclient = \"not an address\"\n")?;
+            let err = Config::load(Some(Path::new("bad.toml"))).unwrap_err().to_string();
+            assert!(err.contains("listen.client"), "{err}");
+
+            jail.create_file("bad2.toml", "server_name = \"bad name!\"\n")?;
+            let err = Config::load(Some(Path::new("bad2.toml"))).unwrap_err().to_string();
+            assert!(err.contains("server_name"), "{err}");
+            Ok(())
+        });
+    }
+}

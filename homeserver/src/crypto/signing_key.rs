@@ -1,0 +1,156 @@
+//! The server's ed25519 signing key: generated once, kept in the data directory, and loaded
+//! unchanged on every start (federation peers pin it by key ID).
+//!
+//! The file uses Synapse's format, `ed25519 <version> <unpadded base64 seed>`, so that keys can
+//! move between implementations.
+
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use rand::Rng;
+use rand::distributions::Alphanumeric;
+
+/// Errors loading or creating the signing key.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningKeyError {
+    /// The key file could not be read or written.
+    #[error("signing key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The key file is not in the expected format.
+    #[error("signing key file {path} is malformed: {reason}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// The server's signing key.
+pub struct SigningKey {
+    version: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only public parts: the seed must never reach a log.
+        f.debug_struct("SigningKey")
+            .field("key_id", &self.key_id())
+            .field("public_key", &self.public_key_base64())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Loads the key from `path`, creating it (mode 0600, written atomically) if it is missing.
+    pub fn load_or_generate(path: &Path) -> Result<Self, SigningKeyError> {
+        let io = |source| SigningKeyError::Io { path: path.display().to_string(), source };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text)
+                .map_err(|reason| SigningKeyError::Malformed { path: path.display().to_string(), reason }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate();
+                write_atomically(path, key.to_file_contents().as_bytes()).map_err(io)?;
+                Ok(key)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn generate() -> Self {
+        let suffix: String = rand::rngs::OsRng.sample_iter(Alphanumeric).take(4).map(char::from).collect();
+        let seed: [u8; 32] = rand::rngs::OsRng.r#gen();
+        Self { version: format!("a_{suffix}"), key: ed25519_dalek::SigningKey::from_bytes(&seed) }
+    }
+
+    fn parse(text: &str) -> Result<Self, &'static str> {
+        let mut parts = text.split_whitespace();
+        let (Some("ed25519"), Some(version), Some(seed), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("expected one line `ed25519 <version> <base64 seed>`");
+        };
+        let seed = STANDARD_NO_PAD.decode(seed.trim_end_matches('=')).map_err(|_| "the seed is not base64")?;
+        let seed: [u8; 32] = seed.try_into().map_err(|_| "the seed is not 32 bytes")?;
+        Ok(Self { version: version.to_owned(), key: ed25519_dalek::SigningKey::from_bytes(&seed) })
+    }
+
+    fn to_file_contents(&self) -> String {
+        format!("ed25519 {} {}\n", self.version, STANDARD_NO_PAD.encode(self.key.to_bytes()))
+    }
+
+    /// The key ID, `ed25519:<version>`.
+    pub fn key_id(&self) -> String {
+        format!("ed25519:{}", self.version)
+    }
+
+    /// The public key, unpadded base64 as Matrix publishes keys.
+    pub fn public_key_base64(&self) -> String {
+        STANDARD_NO_PAD.encode(self.key.verifying_key().as_bytes())
+    }
+
+    /// The 32-byte seed, for building the signer federation uses.
+    pub fn seed(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+}
+
+/// Writes a file so that a crash leaves either no file or the whole file: temp file, fsync,
+/// rename, fsync of the directory.
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_once_then_loaded_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.key");
+        let first = SigningKey::load_or_generate(&path).unwrap();
+        let again = SigningKey::load_or_generate(&path).unwrap();
+        assert_eq!(first.key_id(), again.key_id());
+        assert_eq!(first.public_key_base64(), again.public_key_base64());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let debug = format!("{first:?}");
+        assert!(!debug.contains(&STANDARD_NO_PAD.encode(first.seed())));
+    }
+
+    #[test]
+    fn reads_synapse_format_and_refuses_garbage() {
+        // The seed of RFC 8032's first test vector; its public key is known.
+        let key = SigningKey::parse("ed25519 a_test nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A\n").unwrap();
+        assert_eq!(key.key_id(), "ed25519:a_test");
+        assert_eq!(key.public_key_base64(), "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo");
+        assert!(SigningKey::parse("ed25519 a_test").is_err());
+        assert!(SigningKey::parse("rsa a_test AAAA").is_err());
+        assert!(SigningKey::parse("ed25519 a_test AAAA").is_err());
+    }
+}

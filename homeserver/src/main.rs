@@ -1,0 +1,93 @@
+//! `myelin-server`: parses arguments and configuration, then runs the homeserver.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use myelin_homeserver::Config;
+use tracing_subscriber::EnvFilter;
+
+/// A Matrix homeserver. With no arguments it serves `localhost:8008` from `./data`.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// A TOML configuration file; `MYELIN_*` environment variables override it.
+    #[arg(long, env = "MYELIN_CONFIG_FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the OpenAPI document (what `openapi/myelin.json` holds) and exit.
+    Openapi,
+    /// Check the configuration and exit.
+    CheckConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    match start(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("myelin-server: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Openapi) = cli.command {
+        print!("{}", myelin_homeserver::api::openapi_json());
+        return Ok(());
+    }
+    let config = Config::load(cli.config.as_deref()).context("configuration")?;
+    if let Some(Command::CheckConfig) = cli.command {
+        println!("configuration is valid");
+        return Ok(());
+    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if rustls::crypto::aws_lc_rs::default_provider().install_default().is_err() {
+        tracing::debug!("a TLS crypto provider was already installed");
+    }
+    if config.registration.enabled && config.registration.token.is_none() && !config.listen.client.ip().is_loopback() {
+        tracing::warn!(
+            "registration is open to anyone who can reach {}: set registration.token or registration.enabled = false",
+            config.listen.client
+        );
+    }
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen.client)
+            .await
+            .with_context(|| format!("cannot listen on {} (listen.client)", config.listen.client))?;
+        myelin_homeserver::run(config, listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down");
+}

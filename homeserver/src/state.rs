@@ -1,0 +1,41 @@
+//! Shared state handed to every request through poem's `.data()`: no globals.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::crypto::SigningKey;
+use crate::rate_limit::Limiters;
+use crate::storage::Storage;
+
+/// Everything a request handler may need. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Inner>);
+
+/// The contents of [`AppState`].
+#[derive(Debug)]
+pub struct Inner {
+    /// The configuration the server started with.
+    pub config: Config,
+    /// The database.
+    pub storage: Storage,
+    /// The server's signing key.
+    pub signing_key: SigningKey,
+    /// Request rate limits.
+    pub limits: Limiters,
+}
+
+impl AppState {
+    /// Bundles the parts.
+    pub fn new(config: Config, storage: Storage, signing_key: SigningKey) -> Self {
+        let limits = Limiters::new(&config.rate_limits);
+        Self(Arc::new(Inner { config, storage, signing_key, limits }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,128 @@
+//! The storage layer: one API over SQLite and PostgreSQL.
+//!
+//! Queries go through sqlx's `Any` driver with `$n` placeholders and portable SQL, so each
+//! query is written once and runs on both backends; the schema comes from `migrations/`.
+//! This layer speaks in rows and domain words ([`Error::Conflict`], [`Error::NotFound`]), never
+//! in HTTP status codes or Matrix error codes.
+
+mod accounts;
+mod profile;
+mod uia;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use accounts::{Device, NewLogin, TokenOwner};
+pub use uia::UiaSession;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The row to change does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness constraint refused the write (e.g. a user ID that is taken).
+    #[error("conflict on {constraint}")]
+    Conflict {
+        /// The constraint or table that refused it.
+        constraint: String,
+    },
+    /// The database failed.
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// Result of the storage layer.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Turns a unique violation into [`Error::Conflict`], anything else into [`Error::Backend`].
+fn on_conflict(constraint: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
+    move |err| match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict { constraint: constraint.to_owned() },
+        _ => Error::Backend(err),
+    }
+}
+
+/// Which database engine is behind the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, the zero-setup default.
+    Sqlite,
+    /// PostgreSQL, for scale-out.
+    Postgres,
+}
+
+/// A pool of connections to the homeserver's database.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+impl Storage {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`) and applies pending migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        let options = AnyConnectOptions::from_str(url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        if backend == Backend::Sqlite {
+            // WAL lets readers proceed during a write; the mode is stored in the file, so
+            // setting it once here covers every later connection. `synchronous` stays at
+            // SQLite's default FULL, so an acknowledged commit survives a crash.
+            pool.execute("PRAGMA journal_mode = WAL").await?;
+        }
+        let migrator = match backend {
+            Backend::Sqlite => &SQLITE_MIGRATOR,
+            Backend::Postgres => &POSTGRES_MIGRATOR,
+        };
+        migrator.run(&pool).await.map_err(|e| Error::Backend(e.into()))?;
+        Ok(Self { pool, backend })
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Waits for in-flight queries and closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts a transaction that will write.
+    ///
+    /// On SQLite a plain `BEGIN` takes the write lock only at the first write, and a
+    /// transaction that read first then fails with `SQLITE_BUSY` instead of waiting when
+    /// another writer got in between; `BEGIN IMMEDIATE` takes the lock up front and waits.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) mod conformance;

@@ -1,0 +1,121 @@
+//! One storage test suite, run against SQLite and PostgreSQL.
+
+use super::*;
+use crate::test_support::{TestBackend, TestDatabase};
+
+crate::backend_tests!(
+    users_are_unique,
+    logins_replace_device_tokens,
+    devices_and_tokens_die_together,
+    profile_fields,
+    uia_sessions,
+    migrations_are_idempotent
+);
+
+async fn open(backend: TestBackend) -> (TestDatabase, Storage) {
+    let db = TestDatabase::create(backend).await;
+    let storage = Storage::connect(&db.url, 4).await.unwrap();
+    (db, storage)
+}
+
+fn login<'a>(device_id: &'a str, token_hash: &'a str, now: i64) -> NewLogin<'a> {
+    NewLogin { device_id, initial_display_name: Some("phone"), token_hash, ip: Some("127.0.0.1"), now }
+}
+
+async fn users_are_unique(backend: TestBackend) {
+    let (_db, s) = open(backend).await;
+    s.create_user("@a:hs", Some("hash"), 1, Some(login("D1", "t1", 1))).await.unwrap();
+    let again = s.create_user("@a:hs", None, 2, None).await;
+    assert!(matches!(again, Err(Error::Conflict { .. })), "{again:?}");
+    assert!(s.user_exists("@a:hs").await.unwrap());
+    assert!(!s.user_exists("@b:hs").await.unwrap());
+    assert_eq!(s.password_hash("@a:hs").await.unwrap(), Some(Some("hash".to_owned())));
+    s.create_user("@nopass:hs", None, 1, None).await.unwrap();
+    assert_eq!(s.password_hash("@nopass:hs").await.unwrap(), Some(None));
+    assert_eq!(s.password_hash("@b:hs").await.unwrap(), None);
+    // A failed registration leaves nothing behind.
+    assert_eq!(s.token_owner("t1").await.unwrap().unwrap().device_id, "D1");
+    assert!(s.devices("@nopass:hs").await.unwrap().is_empty());
+}
+
+async fn logins_replace_device_tokens(backend: TestBackend) {
+    let (_db, s) = open(backend).await;
+    s.create_user("@a:hs", None, 1, Some(login("D1", "t1", 1))).await.unwrap();
+    s.login("@a:hs", login("D1", "t2", 2)).await.unwrap();
+    assert_eq!(s.token_owner("t1").await.unwrap(), None, "re-using a device replaces its token");
+    let owner = s.token_owner("t2").await.unwrap().unwrap();
+    assert_eq!((owner.user_id.as_str(), owner.device_id.as_str(), owner.last_seen_ts), ("@a:hs", "D1", Some(2)));
+    s.login("@a:hs", login("D2", "t3", 3)).await.unwrap();
+    let devices = s.devices("@a:hs").await.unwrap();
+    assert_eq!(devices.iter().map(|d| d.device_id.as_str()).collect::<Vec<_>>(), ["D1", "D2"]);
+    assert_eq!(devices[0].display_name.as_deref(), Some("phone"));
+    s.touch_device("@a:hs", "D2", Some("10.0.0.1"), 99).await.unwrap();
+    let d2 = s.device("@a:hs", "D2").await.unwrap().unwrap();
+    assert_eq!((d2.last_seen_ip.as_deref(), d2.last_seen_ts), (Some("10.0.0.1"), Some(99)));
+    // The same token hash twice is refused rather than silently shared.
+    let dup = s.login("@a:hs", login("D3", "t3", 4)).await;
+    assert!(matches!(dup, Err(Error::Conflict { .. })), "{dup:?}");
+}
+
+async fn devices_and_tokens_die_together(backend: TestBackend) {
+    let (_db, s) = open(backend).await;
+    s.create_user("@a:hs", None, 1, Some(login("D1", "t1", 1))).await.unwrap();
+    s.login("@a:hs", login("D2", "t2", 2)).await.unwrap();
+    s.login("@a:hs", login("D3", "t3", 3)).await.unwrap();
+    s.rename_device("@a:hs", "D2", "laptop").await.unwrap();
+    assert_eq!(s.device("@a:hs", "D2").await.unwrap().unwrap().display_name.as_deref(), Some("laptop"));
+    assert!(matches!(s.rename_device("@a:hs", "NOPE", "x").await, Err(Error::NotFound)));
+
+    s.delete_devices("@a:hs", &["D2".to_owned(), "UNKNOWN".to_owned()]).await.unwrap();
+    assert_eq!(s.token_owner("t2").await.unwrap(), None);
+    assert_eq!(s.device("@a:hs", "D2").await.unwrap(), None);
+
+    s.set_password_hash("@a:hs", "new", Some("D1")).await.unwrap();
+    assert_eq!(s.password_hash("@a:hs").await.unwrap(), Some(Some("new".to_owned())));
+    assert_eq!(s.token_owner("t3").await.unwrap(), None, "other devices are logged out");
+    assert!(s.token_owner("t1").await.unwrap().is_some(), "the current device stays");
+
+    s.delete_all_devices("@a:hs").await.unwrap();
+    assert_eq!(s.token_owner("t1").await.unwrap(), None);
+    assert!(s.devices("@a:hs").await.unwrap().is_empty());
+    assert!(matches!(s.set_password_hash("@nobody:hs", "x", None).await, Err(Error::NotFound)));
+}
+
+async fn profile_fields(backend: TestBackend) {
+    let (_db, s) = open(backend).await;
+    s.create_user("@a:hs", None, 1, None).await.unwrap();
+    assert!(s.profile("@a:hs").await.unwrap().is_empty());
+    s.set_profile_field("@a:hs", "displayname", "\"Alice\"").await.unwrap();
+    s.set_profile_field("@a:hs", "displayname", "\"Alice L.\"").await.unwrap();
+    s.set_profile_field("@a:hs", "org.example.x", "{\"n\":[1,2]}").await.unwrap();
+    let profile = s.profile("@a:hs").await.unwrap();
+    assert_eq!(profile["displayname"], "Alice L.");
+    assert_eq!(profile["org.example.x"]["n"][1], 2);
+    s.delete_profile_field("@a:hs", "displayname").await.unwrap();
+    s.delete_profile_field("@a:hs", "never.set").await.unwrap();
+    assert_eq!(s.profile("@a:hs").await.unwrap().len(), 1);
+}
+
+async fn uia_sessions(backend: TestBackend) {
+    let (_db, s) = open(backend).await;
+    s.create_uia_session("old", "register", None, 10, 0).await.unwrap();
+    s.create_uia_session("S1", "change_password", Some("@a:hs"), 100, 50).await.unwrap();
+    assert_eq!(s.uia_session("old").await.unwrap(), None, "expired sessions are swept");
+    let session = s.uia_session("S1").await.unwrap().unwrap();
+    assert_eq!(session.purpose, "change_password");
+    assert_eq!(session.user_id.as_deref(), Some("@a:hs"));
+    assert!(session.completed.is_empty());
+    s.set_uia_completed("S1", &["m.login.password".to_owned()]).await.unwrap();
+    assert_eq!(s.uia_session("S1").await.unwrap().unwrap().completed, ["m.login.password"]);
+    s.delete_uia_session("S1").await.unwrap();
+    assert_eq!(s.uia_session("S1").await.unwrap(), None);
+}
+
+async fn migrations_are_idempotent(backend: TestBackend) {
+    let (db, s) = open(backend).await;
+    s.create_user("@a:hs", None, 1, None).await.unwrap();
+    s.close().await;
+    let reopened = Storage::connect(&db.url, 2).await.unwrap();
+    assert!(reopened.user_exists("@a:hs").await.unwrap());
+    assert_eq!(reopened.backend(), if backend == TestBackend::Sqlite { Backend::Sqlite } else { Backend::Postgres });
+}

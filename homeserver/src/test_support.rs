@@ -1,0 +1,182 @@
+//! Helpers for tests (this crate's and other crates'): throwaway databases on each backend.
+//!
+//! PostgreSQL tests run when `MYELIN_TEST_POSTGRES_URL` names a server to create databases on
+//! (e.g. `postgres://postgres@127.0.0.1:5432/postgres`); each test gets a fresh database that
+//! is dropped when the test ends, even when it fails.
+
+use sqlx::{Connection, Executor};
+
+/// Which database a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestBackend {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// A fresh database on the server named by `MYELIN_TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+/// A database that exists for the lifetime of this value.
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// The URL to give to `database.url`.
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+#[derive(Debug)]
+enum Cleanup {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDatabase {
+    /// Creates an empty database on `backend`.
+    pub async fn create(backend: TestBackend) -> Self {
+        match backend {
+            TestBackend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+                Self { url, cleanup: Cleanup::Sqlite(dir) }
+            }
+            TestBackend::Postgres => {
+                let admin_url = std::env::var("MYELIN_TEST_POSTGRES_URL")
+                    .expect("MYELIN_TEST_POSTGRES_URL must be set for PostgreSQL tests");
+                let name = format!("myelin_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("connect to PostgreSQL");
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .await
+                    .expect("create test database");
+                let _ = admin.close().await;
+                let url = match admin_url.rsplit_once('/') {
+                    Some((server, last)) if !last.contains('@') && !server.ends_with('/') => format!("{server}/{name}"),
+                    _ => format!("{}/{name}", admin_url.trim_end_matches('/')),
+                };
+                Self { url, cleanup: Cleanup::Postgres { admin_url, name } }
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Cleanup::Postgres { admin_url, name } = &self.cleanup else { return };
+        let (admin_url, name) = (admin_url.clone(), name.clone());
+        let label = name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread with
+        // its own runtime. FORCE disconnects pools that have not noticed the end of the test.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                    .await
+                    .ok()?;
+                admin.close().await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("could not drop test database {label}");
+        }
+    }
+}
+
+/// Declares, for each named `async fn(TestBackend)`, a SQLite test and a PostgreSQL test (the
+/// latter ignored unless `MYELIN_TEST_POSTGRES_URL` was set when the tests were built).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::test_support::TestBackend::Sqlite).await;
+            }
+
+            #[tokio::test]
+            #[cfg_attr(not(myelin_postgres_tests), ignore = "set MYELIN_TEST_POSTGRES_URL to run")]
+            async fn postgres() {
+                super::$name($crate::test_support::TestBackend::Postgres).await;
+            }
+        }
+    )*};
+}
+
+/// A homeserver running in this process on an ephemeral loopback port, with its own data
+/// directory and database.
+#[derive(Debug)]
+pub struct TestServer {
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    /// The configuration it runs with.
+    pub config: crate::Config,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), crate::RunError>>>,
+    data_dir: std::sync::Arc<tempfile::TempDir>,
+    database: std::sync::Arc<TestDatabase>,
+}
+
+impl TestServer {
+    /// Starts a server on `backend` with test defaults: rate limits off, open registration.
+    pub async fn start(backend: TestBackend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Like [`TestServer::start`], letting `configure` change the configuration first.
+    pub async fn start_with(backend: TestBackend, configure: impl FnOnce(&mut crate::Config)) -> Self {
+        let database = std::sync::Arc::new(TestDatabase::create(backend).await);
+        let data_dir = std::sync::Arc::new(tempfile::tempdir().expect("temporary directory"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("local address").port();
+        let mut config = crate::Config::default();
+        config.server_name = format!("localhost:{port}");
+        config.data_dir = data_dir.path().to_owned();
+        config.database.url = Some(database.url.clone());
+        config.database.max_connections = 4;
+        config.rate_limits.enabled = false;
+        configure(&mut config);
+        config.validate().expect("valid test configuration");
+        Self::spawn(config, listener, data_dir, database)
+    }
+
+    fn spawn(
+        config: crate::Config,
+        listener: tokio::net::TcpListener,
+        data_dir: std::sync::Arc<tempfile::TempDir>,
+        database: std::sync::Arc<TestDatabase>,
+    ) -> Self {
+        let base_url = format!("http://{}", listener.local_addr().expect("local address"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(crate::run(config.clone(), listener, async {
+            let _ = rx.await;
+        }));
+        Self { base_url, config, shutdown: Some(tx), task: Some(task), data_dir, database }
+    }
+
+    /// Stops the server gracefully and waits until it has closed its database.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran cleanly");
+        }
+    }
+
+    /// Stops the server and starts it again on a new port with the same configuration,
+    /// data directory and database.
+    pub async fn restart(mut self) -> Self {
+        self.stop().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::spawn(self.config.clone(), listener, self.data_dir.clone(), self.database.clone())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

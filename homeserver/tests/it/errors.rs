@@ -1,0 +1,132 @@
+//! Bad input gets a Matrix error with the right status, never a 500: malformed JSON, wrong
+//! content types, huge bodies, unknown endpoints and methods, rate limits.
+
+use myelin_homeserver::backend_tests;
+
+use crate::support::*;
+
+backend_tests!(
+    malformed_bodies,
+    oversized_bodies,
+    unknown_endpoints_and_methods,
+    login_and_registration_are_rate_limited
+);
+
+async fn raw(
+    h: &Harness,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value) {
+    let mut req = h.http.post(h.url(path)).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("Content-Type", ct);
+    }
+    decode(req.send().await.unwrap()).await
+}
+
+async fn malformed_bodies(backend: TestBackend) {
+    let h = Harness::start(backend).await;
+    let login = "/_matrix/client/v3/login";
+    let json = Some("application/json");
+    assert_error(&raw(&h, login, json, "{not json").await, StatusCode::BAD_REQUEST, "M_NOT_JSON");
+    assert_error(&raw(&h, login, json, "").await, StatusCode::BAD_REQUEST, "M_NOT_JSON");
+    assert_error(&raw(&h, login, json, vec![0xff, 0xfe, 0x00]).await, StatusCode::BAD_REQUEST, "M_NOT_JSON");
+    assert_error(&raw(&h, login, Some("text/plain"), "hello").await, StatusCode::BAD_REQUEST, "M_NOT_JSON");
+    assert_error(
+        &raw(&h, login, Some("application/x-www-form-urlencoded"), "type=m.login.password").await,
+        StatusCode::BAD_REQUEST,
+        "M_NOT_JSON",
+    );
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert_error(&raw(&h, login, json, deep).await, StatusCode::BAD_REQUEST, "M_NOT_JSON");
+    // Valid JSON of the wrong shape.
+    assert_error(&raw(&h, login, json, "[]").await, StatusCode::BAD_REQUEST, "M_BAD_JSON");
+    assert_error(&raw(&h, login, json, r#"{"type": {"nested": true}}"#).await, StatusCode::BAD_REQUEST, "M_BAD_JSON");
+    assert_error(
+        &raw(&h, "/_matrix/client/v3/register", json, r#"{"inhibit_login": "yes"}"#).await,
+        StatusCode::BAD_REQUEST,
+        "M_BAD_JSON",
+    );
+    // JSON sent with another content type is judged by its body, as curl -d sends it.
+    let (status, body) =
+        raw(&h, "/_matrix/client/v3/register", Some("application/x-www-form-urlencoded"), r#"{"username":"curl"}"#)
+            .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body["session"].is_string());
+}
+
+async fn oversized_bodies(backend: TestBackend) {
+    let h = Harness::start_with(backend, |c| c.limits.max_request_body = 100_000).await;
+    let huge = format!(r#"{{"type":"m.login.password","password":"{}"}}"#, "x".repeat(200_000));
+    assert_error(
+        &raw(&h, "/_matrix/client/v3/login", Some("application/json"), huge.clone()).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "M_TOO_LARGE",
+    );
+    // Without a Content-Length (chunked), the limit is enforced while reading.
+    let stream = futures_stream(huge.into_bytes());
+    let (status, body) =
+        raw(&h, "/_matrix/client/v3/login", Some("application/json"), reqwest::Body::wrap_stream(stream)).await;
+    assert_error(&(status, body), StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    // Just under the limit is fine (and then a normal login failure).
+    let fits = format!(r#"{{"type":"m.login.password","user":"x","password":"{}"}}"#, "x".repeat(90_000));
+    assert_error(
+        &raw(&h, "/_matrix/client/v3/login", Some("application/json"), fits).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+}
+
+fn futures_stream(
+    bytes: Vec<u8>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = bytes.chunks(8192).map(|c| Ok(c.to_vec())).collect();
+    tokio_stream::iter(chunks)
+}
+
+async fn unknown_endpoints_and_methods(backend: TestBackend) {
+    let h = Harness::start(backend).await;
+    assert_error(&h.get("/_matrix/client/v3/no/such/thing", None).await, StatusCode::NOT_FOUND, "M_UNRECOGNIZED");
+    assert_error(&h.get("/definitely/not/matrix", None).await, StatusCode::NOT_FOUND, "M_UNRECOGNIZED");
+    assert_error(
+        &h.put("/_matrix/client/v3/login", None, json!({})).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "M_UNRECOGNIZED",
+    );
+    assert_error(
+        &h.call("DELETE", "/_matrix/client/versions", None, None).await,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "M_UNRECOGNIZED",
+    );
+}
+
+async fn login_and_registration_are_rate_limited(backend: TestBackend) {
+    let h = Harness::start_with(backend, |c| {
+        c.rate_limits.enabled = true;
+        c.rate_limits.login = myelin_homeserver::config::Rate { per_second: 0.1, burst: 3 };
+        c.rate_limits.registration = myelin_homeserver::config::Rate { per_second: 0.1, burst: 2 };
+    })
+    .await;
+    h.register("alice", "pw").await;
+    let limited = h.post("/_matrix/client/v3/register", None, json!({"username": "bob"})).await;
+    assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
+    let wait = limited.1["retry_after_ms"].as_u64().unwrap();
+    assert!(wait > 0 && wait <= 10_000, "{wait}");
+
+    for _ in 0..3 {
+        assert_error(&h.try_login("alice", "wrong").await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    }
+    let resp = h
+        .http
+        .post(h.url("/_matrix/client/v3/login"))
+        .json(&json!({"type": "m.login.password", "user": "alice", "password": "pw"}))
+        .send()
+        .await
+        .unwrap();
+    let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=10).contains(&retry_after), "{retry_after}");
+    let limited = decode(resp).await;
+    assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
+    assert!(limited.1["retry_after_ms"].as_u64().is_some());
+}

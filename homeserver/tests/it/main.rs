@@ -1,0 +1,13 @@
+//! HTTP tests: each boots the real server on an ephemeral loopback port and drives it over
+//! HTTP, on SQLite and (when `MYELIN_TEST_POSTGRES_URL` is set) on PostgreSQL.
+
+mod support;
+
+mod devices;
+mod discovery;
+mod errors;
+mod openapi;
+mod profile;
+mod register;
+mod restart;
+mod sessions;
