@@ -298,6 +298,7 @@ fn optional_string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Resu
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type.
 mod tests {
     use super::*;
 
@@ -328,6 +329,18 @@ mod tests {
             jail.set_env("MYELIN_LISTEN__CLEINT", "127.0.0.1:1");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("cleint"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        // In a jail: other tests set MYELIN_* variables, and the jail serializes them.
+        figment::Jail::expect_with(|_| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../myelin.example.toml");
+            let example = Config::load(Some(&path)).unwrap();
+            let json = |c: &Config| serde_json::to_string(c).unwrap();
+            assert_eq!(json(&example), json(&Config::default()));
             Ok(())
         });
     }

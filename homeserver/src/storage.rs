@@ -74,15 +74,19 @@ impl Storage {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
         let options = AnyConnectOptions::from_str(url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
-            .await?;
+        let mut pool_options =
+            AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(30));
+        if backend == Backend::Sqlite {
+            // Per connection: FULL syncs the WAL on every commit, so an acknowledged write
+            // survives a crash or power loss, whatever the library was compiled to default to.
+            pool_options = pool_options.after_connect(|conn, _meta| {
+                Box::pin(async move { conn.execute("PRAGMA synchronous = FULL").await.map(|_| ()) })
+            });
+        }
+        let pool = pool_options.connect_with(options).await?;
         if backend == Backend::Sqlite {
             // WAL lets readers proceed during a write; the mode is stored in the file, so
-            // setting it once here covers every later connection. `synchronous` stays at
-            // SQLite's default FULL, so an acknowledged commit survives a crash.
+            // setting it once covers every later connection.
             pool.execute("PRAGMA journal_mode = WAL").await?;
         }
         let migrator = match backend {

@@ -129,9 +129,11 @@ impl TestServer {
         let data_dir = std::sync::Arc::new(tempfile::tempdir().expect("temporary directory"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("local address").port();
-        let mut config = crate::Config::default();
-        config.server_name = format!("localhost:{port}");
-        config.data_dir = data_dir.path().to_owned();
+        let mut config = crate::Config {
+            server_name: format!("localhost:{port}"),
+            data_dir: data_dir.path().to_owned(),
+            ..Default::default()
+        };
         config.database.url = Some(database.url.clone());
         config.database.max_connections = 4;
         config.rate_limits.enabled = false;

@@ -46,10 +46,10 @@ pub enum ErrCode {
     ProfileTooLarge,
     /// `M_TOO_LARGE`: the request is too large.
     TooLarge,
-    /// `M_UNKNOWN`: anything else, including internal failures.
-    Unknown,
     /// `M_UNAUTHORIZED`: the request was not correctly authorised, e.g. a bad registration token.
     Unauthorized,
+    /// `M_UNKNOWN`: anything else, including internal failures.
+    Unknown,
     /// `M_UNKNOWN_TOKEN`: the access token is not (or no longer) valid.
     UnknownToken,
     /// `M_UNRECOGNIZED`: unknown endpoint (404) or method (405).
@@ -75,8 +75,8 @@ impl ErrCode {
             Self::NotJson => "M_NOT_JSON",
             Self::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
             Self::TooLarge => "M_TOO_LARGE",
-            Self::Unknown => "M_UNKNOWN",
             Self::Unauthorized => "M_UNAUTHORIZED",
+            Self::Unknown => "M_UNKNOWN",
             Self::UnknownToken => "M_UNKNOWN_TOKEN",
             Self::Unrecognized => "M_UNRECOGNIZED",
             Self::UserInUse => "M_USER_IN_USE",

@@ -214,7 +214,9 @@ pub async fn authenticate(state: &AppState, req: Request<'_>, auth: Option<&Auth
                     (id.clone(), s.completed)
                 }
                 _ => {
-                    return Err(MatrixError::new(ErrCode::Unknown, StatusCode::BAD_REQUEST, "Unknown session ID").into());
+                    return Err(
+                        MatrixError::new(ErrCode::Unknown, StatusCode::BAD_REQUEST, "Unknown session ID").into()
+                    );
                 }
             }
         }

@@ -111,6 +111,19 @@ async fn uia_sessions(backend: TestBackend) {
     assert_eq!(s.uia_session("S1").await.unwrap(), None);
 }
 
+#[tokio::test]
+async fn sqlite_is_durable() {
+    let (_db, s) = open(TestBackend::Sqlite).await;
+    let row = sqlx::query("PRAGMA journal_mode").fetch_one(&s.pool).await.unwrap();
+    assert_eq!(sqlx::Row::get::<String, _>(&row, 0), "wal");
+    // 2 = FULL; checked on several pooled connections.
+    for _ in 0..3 {
+        let mut conn = s.pool.acquire().await.unwrap();
+        let row = sqlx::query("PRAGMA synchronous").fetch_one(&mut *conn).await.unwrap();
+        assert_eq!(sqlx::Row::get::<i64, _>(&row, 0), 2);
+    }
+}
+
 async fn migrations_are_idempotent(backend: TestBackend) {
     let (db, s) = open(backend).await;
     s.create_user("@a:hs", None, 1, None).await.unwrap();

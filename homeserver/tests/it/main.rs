@@ -3,6 +3,7 @@
 
 mod support;
 
+mod binary;
 mod devices;
 mod discovery;
 mod errors;

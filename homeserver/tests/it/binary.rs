@@ -1,0 +1,90 @@
+//! The `myelin-server` binary itself: configuration from the environment only (as the
+//! container image runs it), start-up errors that name the key, graceful shutdown on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn server(data_dir: &std::path::Path, port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_myelin-server"));
+    cmd.env_clear()
+        .env("MYELIN_SERVER_NAME", format!("localhost:{port}"))
+        .env("MYELIN_LISTEN__CLIENT", format!("127.0.0.1:{port}"))
+        .env("MYELIN_DATA_DIR", data_dir)
+        .env("MYELIN_RATE_LIMITS__ENABLED", "false")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+async fn wait_until_up(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if http.get(format!("{base}/_matrix/client/versions")).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server did not come up at {base}");
+}
+
+#[tokio::test]
+async fn env_configured_binary_serves_and_stops_cleanly_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+
+    let child = server(data.path(), port).spawn().unwrap();
+    wait_until_up(&http, &base).await;
+    let body = json!({"username": "alice", "password": "pw", "auth": {"type": "m.login.dummy"}});
+    let resp = http.post(format!("{base}/_matrix/client/v3/register")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let log = String::from_utf8_lossy(&output.stdout);
+    let listening: Vec<_> = log.lines().filter(|l| l.contains("listening on")).collect();
+    assert_eq!(listening.len(), 1, "one start-up line saying where it listens: {log}");
+    assert!(listening[0].contains(&format!("127.0.0.1:{port}")) && listening[0].contains("data:"), "{log}");
+    assert!(log.contains("myelin stopped"), "{log}");
+    assert!(!log.contains("myl_"), "access tokens never reach the log: {log}");
+    for file in ["myelin.db", "signing.key"] {
+        assert!(data.path().join(file).exists(), "{file} lives in the data directory");
+    }
+    assert!(data.path().join("media").is_dir());
+
+    // A second start finds the account.
+    let mut child = server(data.path(), port).spawn().unwrap();
+    wait_until_up(&http, &base).await;
+    let login = json!({"type": "m.login.password", "user": "alice", "password": "pw"});
+    let resp = http.post(format!("{base}/_matrix/client/v3/login")).json(&login).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn unknown_keys_and_bad_values_fail_at_start_naming_the_key() {
+    let data = tempfile::tempdir().unwrap();
+    let output = server(data.path(), free_port()).env("MYELIN_RATE_LIMITS__ENABLD", "false").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("enabld"), "{stderr}");
+
+    let output = server(data.path(), free_port()).env("MYELIN_DATABASE__URL", "mysql://x").output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("database.url"));
+
+    let output =
+        server(data.path(), free_port()).arg("--config").arg(data.path().join("missing.toml")).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.toml"));
+}
