@@ -54,17 +54,7 @@ type Apis = (
 
 /// The OpenAPI service with every endpoint.
 pub fn service() -> OpenApiService<Apis, ()> {
-    let apis = (
-        well_known::WellKnownApi,
-        client::versions::VersionsApi,
-        client::capabilities::CapabilitiesApi,
-        client::register::RegisterApi,
-        client::login::LoginApi,
-        client::account::AccountApi,
-        client::devices::DevicesApi,
-        client::profile::ProfileApi,
-    );
-    OpenApiService::new(apis, "Myelin homeserver", env!("CARGO_PKG_VERSION")).description(
+    OpenApiService::new(Apis::default(), "Myelin homeserver", env!("CARGO_PKG_VERSION")).description(
         "The Matrix Client-Server API as Myelin serves it, shaped as in the Matrix specification \
          (https://spec.matrix.org). Errors are Matrix error bodies: `{\"errcode\": \"M_…\", \"error\": \"…\"}`.",
     )

@@ -124,6 +124,9 @@ fn error_response(err: poem::Error, empty_body: bool) -> Response {
         }
     } else if let Some(path) = err.downcast_ref::<ParsePathError>() {
         MatrixError::invalid_param(format!("Invalid path parameter `{}`: {}", path.name, path.reason))
+    } else if err.is::<poem::error::ParsePathError>() {
+        // The router could not percent-decode the path into UTF-8.
+        MatrixError::invalid_param("Invalid path")
     } else if err.status().is_server_error() {
         tracing::error!(error = %err, "request failed");
         MatrixError::internal()

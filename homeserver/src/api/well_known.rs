@@ -8,6 +8,7 @@ use super::error::{ApiResult, MatrixError};
 use crate::state::AppState;
 
 /// Discovery endpoints.
+#[derive(Default)]
 pub struct WellKnownApi;
 
 /// `m.homeserver` / `m.identity_server` entries.

@@ -99,6 +99,10 @@ async fn unknown_endpoints_and_methods(backend: TestBackend) {
         StatusCode::METHOD_NOT_ALLOWED,
         "M_UNRECOGNIZED",
     );
+    // A path that does not decode to UTF-8 is a bad parameter, not a server error.
+    let alice = h.register("alice", "pw").await;
+    let invalid_utf8 = h.get("/_matrix/client/v3/devices/%FF", Some(&alice.access_token)).await;
+    assert_error(&invalid_utf8, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
 }
 
 async fn login_and_registration_are_rate_limited(backend: TestBackend) {

@@ -14,6 +14,7 @@ use crate::api::uia::{self, AuthData, UiaError};
 use crate::state::AppState;
 
 /// Account endpoints.
+#[derive(Default)]
 pub struct AccountApi;
 
 /// `GET /account/whoami` response.

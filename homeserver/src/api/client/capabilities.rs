@@ -8,6 +8,7 @@ use crate::api::auth::AuthedUser;
 use crate::api::error::ApiResult;
 
 /// The capabilities endpoint.
+#[derive(Default)]
 pub struct CapabilitiesApi;
 
 /// A capability that is on or off.

@@ -19,6 +19,7 @@ use crate::storage;
 const MAX_DEVICE_FIELD_BYTES: usize = 255;
 
 /// Device endpoints.
+#[derive(Default)]
 pub struct DevicesApi;
 
 /// A client device.

@@ -17,6 +17,7 @@ use crate::state::AppState;
 use crate::storage::{NewLogin, now_ms};
 
 /// Session endpoints.
+#[derive(Default)]
 pub struct LoginApi;
 
 /// A supported login type.

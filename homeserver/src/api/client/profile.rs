@@ -24,6 +24,7 @@ const MAX_PROFILE_BYTES: usize = 64 * 1024;
 const MAX_KEY_BYTES: usize = 255;
 
 /// Profile endpoints.
+#[derive(Default)]
 pub struct ProfileApi;
 
 type Profile = BTreeMap<String, Value>;

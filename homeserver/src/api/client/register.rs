@@ -17,6 +17,7 @@ use crate::state::AppState;
 use crate::storage::{self, NewLogin, now_ms};
 
 /// Registration endpoints.
+#[derive(Default)]
 pub struct RegisterApi;
 
 /// The kind of account to register.

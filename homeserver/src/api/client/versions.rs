@@ -12,6 +12,7 @@ use crate::api::error::ApiResult;
 pub const SUPPORTED_VERSIONS: &[&str] = &["v1.19"];
 
 /// The versions endpoint.
+#[derive(Default)]
 pub struct VersionsApi;
 
 /// Supported spec versions.

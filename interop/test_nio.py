@@ -1,0 +1,109 @@
+"""Interoperability: matrix-nio, a third-party Python client library, against a live Myelin.
+
+Run with `pytest interop/` after `cargo build --bin myelin-server` (set MYELIN_SERVER_BIN to use
+another binary). CI runs it; see README.md.
+"""
+
+import asyncio
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+from nio import (
+    AsyncClient,
+    DeleteDevicesAuthResponse,
+    DeleteDevicesResponse,
+    DevicesResponse,
+    LoginError,
+    LoginResponse,
+    ProfileGetResponse,
+    RegisterResponse,
+    WhoamiError,
+    WhoamiResponse,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def homeserver():
+    binary = os.environ.get("MYELIN_SERVER_BIN", os.path.join(ROOT, "target", "debug", "myelin-server"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as data:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "MYELIN_SERVER_NAME": f"localhost:{port}",
+            "MYELIN_LISTEN__CLIENT": f"127.0.0.1:{port}",
+            "MYELIN_DATA_DIR": data,
+            "MYELIN_RATE_LIMITS__ENABLED": "false",
+        }
+        proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_matrix/client/versions", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    proc.kill()
+                    raise RuntimeError("myelin-server did not start")
+                time.sleep(0.05)
+        yield url, f"localhost:{port}"
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, "graceful shutdown exits 0"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_register_login_whoami_profile_devices_logout(homeserver):
+    url, server_name = homeserver
+
+    async def scenario():
+        first = AsyncClient(url, "nio_alice")
+        registered = await first.register("nio_alice", "pw-alice", "first device")
+        assert isinstance(registered, RegisterResponse), registered
+        assert registered.user_id == f"@nio_alice:{server_name}"
+
+        second = AsyncClient(url, "nio_alice")
+        login = await second.login("pw-alice", device_name="second device")
+        assert isinstance(login, LoginResponse), login
+        whoami = await second.whoami()
+        assert isinstance(whoami, WhoamiResponse) and whoami.device_id == login.device_id
+
+        devices = await second.devices()
+        assert isinstance(devices, DevicesResponse)
+        assert {d.id for d in devices.devices} == {registered.device_id, login.device_id}
+        names = {d.id: d.display_name for d in devices.devices}
+        assert names[login.device_id] == "second device"
+
+        await second.set_displayname("Alice via nio")
+        profile = await second.get_profile()
+        assert isinstance(profile, ProfileGetResponse) and profile.displayname == "Alice via nio"
+
+        # Device deletion walks the user-interactive auth: first a 401 with flows, then done.
+        challenge = await second.delete_devices([registered.device_id])
+        assert isinstance(challenge, DeleteDevicesAuthResponse), challenge
+        auth = {"type": "m.login.password", "user": "nio_alice", "password": "pw-alice", "session": challenge.session}
+        deleted = await second.delete_devices([registered.device_id], auth=auth)
+        assert isinstance(deleted, DeleteDevicesResponse), deleted
+        gone = await first.whoami()
+        assert isinstance(gone, WhoamiError) and gone.status_code == "M_UNKNOWN_TOKEN"
+
+        bad = AsyncClient(url, "nio_alice")
+        refused = await bad.login("wrong password")
+        assert isinstance(refused, LoginError) and refused.status_code == "M_FORBIDDEN"
+
+        await second.logout()
+        for client in (first, second, bad):
+            await client.close()
+
+    run(scenario())
