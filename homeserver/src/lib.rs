@@ -20,6 +20,7 @@ pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod rate_limit;
+pub mod rooms;
 pub mod state;
 pub mod storage;
 #[doc(hidden)]

@@ -9,7 +9,8 @@ use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 
@@ -33,6 +34,15 @@ pub enum SigningKeyError {
         reason: &'static str,
     },
 }
+
+/// Reads keys the way other Matrix implementations write them: padded or not, and tolerant of
+/// non-zero trailing bits (the spec's own test seed has them).
+const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// The server's signing key.
 pub struct SigningKey {
@@ -79,7 +89,7 @@ impl SigningKey {
         else {
             return Err("expected one line `ed25519 <version> <base64 seed>`");
         };
-        let seed = STANDARD_NO_PAD.decode(seed.trim_end_matches('=')).map_err(|_| "the seed is not base64")?;
+        let seed = LENIENT_BASE64.decode(seed).map_err(|_| "the seed is not base64")?;
         let seed: [u8; 32] = seed.try_into().map_err(|_| "the seed is not 32 bytes")?;
         Ok(Self { version: version.to_owned(), key: ed25519_dalek::SigningKey::from_bytes(&seed) })
     }
@@ -98,9 +108,26 @@ impl SigningKey {
         STANDARD_NO_PAD.encode(self.key.verifying_key().as_bytes())
     }
 
-    /// The 32-byte seed, for building the signer federation uses.
+    /// The 32-byte seed.
     pub fn seed(&self) -> [u8; 32] {
         self.key.to_bytes()
+    }
+
+    /// The key as ruma-signatures' signer, for events and federation requests.
+    pub fn ruma_key_pair(&self) -> Result<ruma_signatures::Ed25519KeyPair, ruma_signatures::Ed25519KeyPairParseError> {
+        // A PKCS#8 v1 document for an Ed25519 key (RFC 8410): a fixed header, then the seed.
+        const PKCS8_PREFIX: [u8; 16] =
+            [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        let mut der = zeroize::Zeroizing::new(Vec::with_capacity(48));
+        der.extend_from_slice(&PKCS8_PREFIX);
+        der.extend_from_slice(&self.key.to_bytes());
+        ruma_signatures::Ed25519KeyPair::from_der(&der, self.version.clone())
+    }
+
+    /// The key of the spec's cryptographic test vectors: key ID `ed25519:1`.
+    #[cfg(test)]
+    pub(crate) fn spec_test_vector() -> Self {
+        Self::parse("ed25519 1 YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").expect("the spec's seed")
     }
 }
 
@@ -141,6 +168,24 @@ mod tests {
         }
         let debug = format!("{first:?}");
         assert!(!debug.contains(&STANDARD_NO_PAD.encode(first.seed())));
+    }
+
+    /// The spec's cryptographic test vectors (appendices, "JSON Signing").
+    #[test]
+    fn signs_the_spec_test_vectors() {
+        let pair = SigningKey::spec_test_vector().ruma_key_pair().unwrap();
+        for (json, signature) in [
+            ("{}", "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ"),
+            (
+                r#"{"one": 1, "two": "Two"}"#,
+                "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw",
+            ),
+        ] {
+            let mut object: ruma_common::CanonicalJsonObject = serde_json::from_str(json).unwrap();
+            ruma_signatures::sign_json("domain", &pair, &mut object).unwrap();
+            let signed = serde_json::to_value(&object).unwrap();
+            assert_eq!(signed["signatures"]["domain"]["ed25519:1"], signature, "{json}");
+        }
     }
 
     #[test]
