@@ -36,6 +36,8 @@ pub enum Tag {
     /// Logging in and out.
     #[oai(rename = "Session management")]
     SessionManagement,
+    /// Rooms: creation, membership, events and state.
+    Rooms,
     /// Profiles.
     #[oai(rename = "User data")]
     UserData,
@@ -50,6 +52,9 @@ type Apis = (
     client::account::AccountApi,
     client::devices::DevicesApi,
     client::profile::ProfileApi,
+    client::rooms::RoomsApi,
+    client::room_events::RoomEventsApi,
+    client::sync::SyncApi,
 );
 
 /// The OpenAPI service with every endpoint.

@@ -118,7 +118,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             limits: Limits::default(),
             well_known: WellKnown::default(),
-            log: "info,poem=warn".to_owned(),
+            log: "info,poem=warn,ruma_state_res=warn".to_owned(),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod rate_limit;
 pub mod rooms;
 pub mod state;
 pub mod storage;
+pub mod sync;
 #[doc(hidden)]
 pub mod test_support;
 
@@ -84,7 +85,8 @@ pub async fn run(
         data_dir.display(),
     );
 
-    let state = AppState::new(config, storage.clone(), signing_key);
+    let position = storage.max_stream_ordering().await?;
+    let state = AppState::new(config, storage.clone(), signing_key, position);
     let server = poem::Server::new_with_acceptor(TcpAcceptor::from_tokio(listener)?);
     let result = server.run_with_graceful_shutdown(api::app(state), shutdown, Some(SHUTDOWN_GRACE)).await;
     storage.close().await;

@@ -4,5 +4,51 @@
 //! Spec algorithms (hashing, signing, event IDs, authorization rules) come from ruma's crates;
 //! this module supplies them with data from `storage` and never imports poem.
 
+pub mod create;
+pub mod membership;
 pub mod pdu;
+pub mod power;
+pub mod timeline;
 pub mod version;
+pub mod visibility;
+
+use crate::storage;
+
+/// Errors of the rooms layer, in domain words; the API layer picks errcodes.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    /// No such room (or event) here.
+    #[error("not found")]
+    NotFound,
+    /// The authorization rules, or another rule of the server, refuse the event.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The room version is not one this server supports.
+    #[error("unsupported room version {0}")]
+    UnsupportedVersion(String),
+    /// The requested event is malformed.
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    /// The alias is taken.
+    #[error("alias in use")]
+    AliasInUse,
+    /// The event would exceed the spec's 65,536-byte limit.
+    #[error("event too large")]
+    TooLarge,
+    /// Stored data could not be read back.
+    #[error("corrupt room data: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+}
+
+impl From<pdu::PduError> for RoomError {
+    fn from(err: pdu::PduError) -> Self {
+        match err {
+            pdu::PduError::Signing(ruma_signatures::JsonError::PduTooLarge) => Self::TooLarge,
+            pdu::PduError::Invalid(reason) => Self::InvalidEvent(reason),
+            other => Self::Corrupt(other.to_string()),
+        }
+    }
+}

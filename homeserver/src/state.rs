@@ -22,13 +22,16 @@ pub struct Inner {
     pub signing_key: SigningKey,
     /// Request rate limits.
     pub limits: Limiters,
+    /// The latest event stream position; waiting syncs watch it.
+    pub notifier: tokio::sync::watch::Sender<i64>,
 }
 
 impl AppState {
     /// Bundles the parts.
-    pub fn new(config: Config, storage: Storage, signing_key: SigningKey) -> Self {
+    pub fn new(config: Config, storage: Storage, signing_key: SigningKey, stream_position: i64) -> Self {
         let limits = Limiters::new(&config.rate_limits);
-        Self(Arc::new(Inner { config, storage, signing_key, limits }))
+        let notifier = tokio::sync::watch::Sender::new(stream_position);
+        Self(Arc::new(Inner { config, storage, signing_key, limits, notifier }))
     }
 }
 

@@ -6,7 +6,10 @@
 //! in HTTP status codes or Matrix error codes.
 
 mod accounts;
+mod aliases;
+mod filters;
 mod profile;
+mod rooms;
 mod uia;
 
 use std::str::FromStr;
@@ -16,6 +19,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use accounts::{Device, NewLogin, TokenOwner};
+pub use rooms::{NewEvent, Room, RoomWrite, StateIds, StateKey, StoredEvent, TxnKey};
 pub use uia::UiaSession;
 
 /// Errors of the storage layer.

@@ -90,3 +90,10 @@ CREATE TABLE forgotten_rooms (
     room_id            TEXT NOT NULL,
     PRIMARY KEY (user_id, room_id)
 );
+
+-- Filters uploaded with POST /user/{userId}/filter.
+CREATE TABLE filters (
+    filter_id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id            TEXT NOT NULL,
+    json               TEXT NOT NULL
+);

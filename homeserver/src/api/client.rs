@@ -6,4 +6,7 @@ pub mod devices;
 pub mod login;
 pub mod profile;
 pub mod register;
+pub mod room_events;
+pub mod rooms;
+pub mod sync;
 pub mod versions;

@@ -13,6 +13,7 @@ use poem_openapi::{ApiResponse, Object};
 use crate::accounts::password::PasswordError;
 use crate::accounts::user_ids::InvalidUsername;
 use crate::rate_limit::RetryAfter;
+use crate::rooms::RoomError;
 use crate::storage;
 
 /// The Matrix error codes this server returns, in alphabetical order.
@@ -28,6 +29,8 @@ pub enum ErrCode {
     GuestAccessForbidden,
     /// `M_INVALID_PARAM`: a parameter has the wrong value.
     InvalidParam,
+    /// `M_INVALID_ROOM_STATE`: `initial_state` of `createRoom` is invalid.
+    InvalidRoomState,
     /// `M_INVALID_USERNAME`: the requested user ID is not valid.
     InvalidUsername,
     /// `M_KEY_TOO_LARGE`: a profile key over 255 bytes.
@@ -44,6 +47,8 @@ pub enum ErrCode {
     NotJson,
     /// `M_PROFILE_TOO_LARGE`: the profile would exceed 64 KiB.
     ProfileTooLarge,
+    /// `M_ROOM_IN_USE`: the room alias is taken.
+    RoomInUse,
     /// `M_TOO_LARGE`: the request is too large.
     TooLarge,
     /// `M_UNAUTHORIZED`: the request was not correctly authorised, e.g. a bad registration token.
@@ -54,6 +59,8 @@ pub enum ErrCode {
     UnknownToken,
     /// `M_UNRECOGNIZED`: unknown endpoint (404) or method (405).
     Unrecognized,
+    /// `M_UNSUPPORTED_ROOM_VERSION`: the server does not support the requested room version.
+    UnsupportedRoomVersion,
     /// `M_USER_IN_USE`: the requested user ID is taken.
     UserInUse,
 }
@@ -66,6 +73,7 @@ impl ErrCode {
             Self::Forbidden => "M_FORBIDDEN",
             Self::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
             Self::InvalidParam => "M_INVALID_PARAM",
+            Self::InvalidRoomState => "M_INVALID_ROOM_STATE",
             Self::InvalidUsername => "M_INVALID_USERNAME",
             Self::KeyTooLarge => "M_KEY_TOO_LARGE",
             Self::LimitExceeded => "M_LIMIT_EXCEEDED",
@@ -74,11 +82,13 @@ impl ErrCode {
             Self::NotFound => "M_NOT_FOUND",
             Self::NotJson => "M_NOT_JSON",
             Self::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
+            Self::RoomInUse => "M_ROOM_IN_USE",
             Self::TooLarge => "M_TOO_LARGE",
             Self::Unauthorized => "M_UNAUTHORIZED",
             Self::Unknown => "M_UNKNOWN",
             Self::UnknownToken => "M_UNKNOWN_TOKEN",
             Self::Unrecognized => "M_UNRECOGNIZED",
+            Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
             Self::UserInUse => "M_USER_IN_USE",
         }
     }
@@ -239,6 +249,30 @@ impl From<storage::Error> for MatrixError {
             }
             storage::Error::Backend(_) | storage::Error::Corrupt(_) => {
                 tracing::error!(error = %err, "storage failure");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl From<RoomError> for MatrixError {
+    fn from(err: RoomError) -> Self {
+        match err {
+            RoomError::NotFound => Self::not_found("Room or event not found"),
+            RoomError::Forbidden(reason) => Self::forbidden(capitalize(&reason)),
+            RoomError::UnsupportedVersion(version) => Self::new(
+                ErrCode::UnsupportedRoomVersion,
+                StatusCode::BAD_REQUEST,
+                format!("Room version {version} is not supported"),
+            ),
+            RoomError::InvalidEvent(reason) => Self::bad_json(capitalize(&reason)),
+            RoomError::AliasInUse => Self::new(ErrCode::RoomInUse, StatusCode::BAD_REQUEST, "Room alias already taken"),
+            RoomError::TooLarge => {
+                Self::new(ErrCode::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, "Events may be at most 65536 bytes")
+            }
+            RoomError::Storage(err) => err.into(),
+            RoomError::Corrupt(reason) => {
+                tracing::error!(%reason, "room data failure");
                 Self::internal()
             }
         }

@@ -20,6 +20,7 @@ struct EmptyBody;
 /// Wraps every request: answers `OPTIONS`, bounds and checks JSON bodies, turns errors into
 /// Matrix errors and adds CORS headers.
 pub async fn matrix_edge<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+    strip_empty_state_key(&mut req);
     let mut response = if req.method() == Method::OPTIONS {
         // The spec: answer pre-flight requests without running the endpoint's logic.
         StatusCode::OK.into_response()
@@ -43,6 +44,23 @@ pub async fn matrix_edge<E: Endpoint>(next: E, mut req: Request) -> poem::Result
         HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
     );
     Ok(response)
+}
+
+/// `…/state/{eventType}/` addresses the state event with an empty state key; clients send the
+/// trailing slash, and the router serves that event at `…/state/{eventType}`.
+fn strip_empty_state_key(req: &mut Request) {
+    let path = req.uri().path();
+    let Some((prefix, last)) = path.strip_suffix('/').and_then(|p| p.rsplit_once('/')) else { return };
+    if !(path.starts_with("/_matrix/client/") && prefix.ends_with("/state") && !last.is_empty()) {
+        return;
+    }
+    let rewritten = match req.uri().query() {
+        Some(query) => format!("{}?{query}", &path[..path.len() - 1]),
+        None => path[..path.len() - 1].to_owned(),
+    };
+    if let Ok(uri) = rewritten.parse() {
+        *req.uri_mut() = uri;
+    }
 }
 
 /// Reads a JSON request body up to the configured limit and checks that it is JSON.

@@ -100,9 +100,16 @@ impl PduTemplate {
             object.insert(k.to_owned(), CanonicalJsonValue::try_from(v).map_err(|e| invalid(&e))?);
             Ok(())
         };
+        let mut content = self.content;
+        if self.kind == TimelineEventType::RoomRedaction && !placement.rules.redaction.keep_room_redaction_redacts {
+            // Before room version 11, `redacts` is a top-level PDU field, not part of content.
+            if let Some(redacts) = content.as_object_mut().and_then(|c| c.remove("redacts")) {
+                put("redacts", redacts)?;
+            }
+        }
         put("type", self.kind.to_string().into())?;
         put("sender", sender.as_str().into())?;
-        put("content", self.content)?;
+        put("content", content)?;
         put("origin_server_ts", u64::from(origin_server_ts.get()).into())?;
         put("depth", placement.depth.into())?;
         put("prev_events", serde_json::to_value(&placement.prev_events).map_err(|e| invalid(&e))?)?;

@@ -11,4 +11,6 @@ mod openapi;
 mod profile;
 mod register;
 mod restart;
+mod rooms;
 mod sessions;
+mod sync;

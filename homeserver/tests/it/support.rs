@@ -128,3 +128,67 @@ pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, errcode:
     assert_eq!((*actual, body["errcode"].as_str()), (status, Some(errcode)), "{body}");
     assert!(body["error"].is_string(), "error message missing: {body}");
 }
+
+impl Harness {
+    /// `POST /createRoom`; panics unless it succeeds.
+    pub async fn create_room(&self, account: &Account, body: Value) -> String {
+        let (status, created) = self.post("/_matrix/client/v3/createRoom", Some(&account.access_token), body).await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        created["room_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sends an `m.text` message with a fresh transaction ID.
+    pub async fn send_text(&self, account: &Account, room_id: &str, text: &str) -> (StatusCode, Value) {
+        let txn = uuid::Uuid::new_v4().simple().to_string();
+        let path = format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}");
+        self.put(&path, Some(&account.access_token), json!({"msgtype": "m.text", "body": text})).await
+    }
+
+    /// A membership action (`join`, `leave`, `invite`, `kick`, `ban`, `unban`).
+    pub async fn membership(
+        &self,
+        account: &Account,
+        room_id: &str,
+        action: &str,
+        target: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let body = match target {
+            Some(user_id) => json!({"user_id": user_id}),
+            None => json!({}),
+        };
+        self.post(&format!("/_matrix/client/v3/rooms/{room_id}/{action}"), Some(&account.access_token), body).await
+    }
+
+    /// `GET /sync` with optional `since`, `timeout` and filter.
+    pub async fn sync(&self, account: &Account, since: Option<&str>, timeout_ms: u64, filter: Option<&str>) -> Value {
+        let mut query = vec![("timeout".to_owned(), timeout_ms.to_string())];
+        if let Some(since) = since {
+            query.push(("since".to_owned(), since.to_owned()));
+        }
+        if let Some(filter) = filter {
+            query.push(("filter".to_owned(), filter.to_owned()));
+        }
+        let resp = self
+            .http
+            .get(self.url("/_matrix/client/v3/sync"))
+            .bearer_auth(&account.access_token)
+            .query(&query)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = decode(resp).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+}
+
+/// The bodies of `m.room.message` events in a list of client events.
+pub fn bodies(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}

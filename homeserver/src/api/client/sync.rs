@@ -1,0 +1,480 @@
+//! `GET /sync` and filters: `POST /user/{userId}/filter`, `GET /user/{userId}/filter/{filterId}`.
+//!
+//! A waiting sync subscribes to the server's stream position before it looks at the database,
+//! so an event committed while it computes wakes it instead of being missed; there is no
+//! polling loop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+use serde_json::Value;
+
+use super::rooms::JsonObject;
+use crate::api::Tag;
+use crate::api::auth::AuthedUser;
+use crate::api::error::{ApiResult, MatrixError};
+use crate::rooms::RoomError;
+use crate::rooms::pdu::Pdu;
+use crate::rooms::visibility;
+use crate::state::AppState;
+use crate::storage::{StateIds, StoredEvent};
+use crate::sync::filter::{Filter, RoomEventFilter};
+use crate::sync::token;
+
+/// Sync and filter endpoints.
+#[derive(Default)]
+pub struct SyncApi;
+
+/// Timeline events when the filter gives no limit.
+const DEFAULT_TIMELINE_LIMIT: i64 = 10;
+/// The most a client may ask for per room.
+const MAX_TIMELINE_LIMIT: i64 = 500;
+/// The longest a sync waits, whatever the client asks.
+const MAX_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
+/// A list of events.
+#[derive(Debug, Default, Object)]
+pub struct EventList {
+    /// The events.
+    pub events: Vec<Value>,
+}
+
+/// A room's timeline in a sync.
+#[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct Timeline {
+    /// Events, oldest first.
+    pub events: Vec<Value>,
+    /// True when events between the previous sync and these were left out; paginate back
+    /// from `prev_batch` to get them.
+    pub limited: bool,
+    /// A token to paginate back from the first event.
+    pub prev_batch: Option<String>,
+}
+
+/// Unread notification counts.
+#[derive(Debug, Default, Object)]
+pub struct UnreadNotifications {
+    /// Highlighted unread events.
+    pub highlight_count: i64,
+    /// Unread events that notify.
+    pub notification_count: i64,
+}
+
+/// Room summary for naming the room.
+#[derive(Debug, Object)]
+pub struct RoomSummary {
+    /// Up to five other members, to name an unnamed room.
+    #[oai(rename = "m.heroes")]
+    pub heroes: Vec<String>,
+    /// Joined members.
+    #[oai(rename = "m.joined_member_count")]
+    pub joined_member_count: i64,
+    /// Invited members.
+    #[oai(rename = "m.invited_member_count")]
+    pub invited_member_count: i64,
+}
+
+/// A joined room in a sync.
+#[derive(Debug, Object)]
+pub struct JoinedRoom {
+    /// State up to the start of the timeline.
+    pub state: EventList,
+    /// The timeline.
+    pub timeline: Timeline,
+    /// Typing notices and receipts.
+    pub ephemeral: EventList,
+    /// The user's account data for this room.
+    pub account_data: EventList,
+    /// Unread counts.
+    pub unread_notifications: UnreadNotifications,
+    /// Member summary.
+    pub summary: RoomSummary,
+}
+
+/// A room the user is invited to.
+#[derive(Debug, Object)]
+pub struct InvitedRoom {
+    /// Stripped state of the room, including the invite.
+    pub invite_state: EventList,
+}
+
+/// A room the user left or was removed from since the last sync.
+#[derive(Debug, Object)]
+pub struct LeftRoom {
+    /// State up to the start of the timeline.
+    pub state: EventList,
+    /// Events up to the departure.
+    pub timeline: Timeline,
+    /// The user's account data for this room.
+    pub account_data: EventList,
+}
+
+/// Rooms by membership.
+#[derive(Debug, Default, Object)]
+pub struct Rooms {
+    /// Joined rooms.
+    pub join: BTreeMap<String, JoinedRoom>,
+    /// Invites.
+    pub invite: BTreeMap<String, InvitedRoom>,
+    /// Rooms left.
+    pub leave: BTreeMap<String, LeftRoom>,
+    /// Knocks.
+    pub knock: BTreeMap<String, JsonObject>,
+}
+
+/// Device list changes of users sharing rooms with the caller.
+#[derive(Debug, Default, Object)]
+pub struct DeviceLists {
+    /// Users whose devices changed.
+    pub changed: Vec<String>,
+    /// Users who no longer share a room.
+    pub left: Vec<String>,
+}
+
+/// `GET /sync` response.
+#[derive(Debug, Object)]
+pub struct SyncResponse {
+    /// The token for the next sync's `since`.
+    pub next_batch: String,
+    /// Room updates.
+    pub rooms: Rooms,
+    /// Presence updates.
+    pub presence: EventList,
+    /// Global account data.
+    pub account_data: EventList,
+    /// Messages sent directly to this device.
+    pub to_device: EventList,
+    /// Device list changes.
+    pub device_lists: DeviceLists,
+    /// Unclaimed one-time keys of this device, by algorithm.
+    pub device_one_time_keys_count: BTreeMap<String, i64>,
+    /// Fallback key algorithms not used yet.
+    pub device_unused_fallback_key_types: Vec<String>,
+}
+
+/// `POST /user/{userId}/filter` response.
+#[derive(Debug, Object)]
+pub struct FilterIdResponse {
+    /// The filter's ID.
+    pub filter_id: String,
+}
+
+#[OpenApi(tag = "Tag::Rooms")]
+impl SyncApi {
+    /// `GET /_matrix/client/v3/sync`
+    ///
+    /// Everything new since `since` (or a snapshot without it), waiting up to `timeout` ms for
+    /// something to happen.
+    /// <https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3sync>
+    #[oai(path = "/_matrix/client/v3/sync", method = "get", operation_id = "sync")]
+    async fn sync(
+        &self,
+        state: Data<&AppState>,
+        user: AuthedUser,
+        /// The `next_batch` of the previous sync.
+        since: Query<Option<String>>,
+        /// Milliseconds to wait for news (default 0).
+        timeout: Query<Option<u64>>,
+        /// Return the full state of every room even with `since`.
+        full_state: Query<Option<bool>>,
+        /// A filter ID or an inline JSON filter.
+        filter: Query<Option<String>>,
+        /// `offline`, `online` or `unavailable` (accepted; presence arrives in a later version).
+        #[oai(name = "set_presence")]
+        _set_presence: Query<Option<String>>,
+    ) -> ApiResult<Json<SyncResponse>> {
+        let since = since.0.as_deref().map(token::position).transpose()?;
+        let filter = load_filter(&state, &user, filter.0.as_deref()).await?;
+        let full_state = full_state.0.unwrap_or(false);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout.0.unwrap_or(0).min(MAX_TIMEOUT_MS));
+        let mut changes = state.notifier.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let position = state.storage.max_stream_ordering().await?;
+            let response = compute(&state, &user, since, position, full_state, &filter).await?;
+            let empty =
+                response.rooms.join.is_empty() && response.rooms.invite.is_empty() && response.rooms.leave.is_empty();
+            if since.is_none() || full_state || !empty {
+                return Ok(Json(response));
+            }
+            // Nothing new: wait for the next event or the deadline, then look again.
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(Json(response)),
+            }
+        }
+    }
+
+    /// `POST /_matrix/client/v3/user/{userId}/filter`
+    ///
+    /// Stores a filter for later syncs.
+    /// <https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3useruseridfilter>
+    #[oai(path = "/_matrix/client/v3/user/:userId/filter", method = "post", operation_id = "defineFilter")]
+    async fn define_filter(
+        &self,
+        state: Data<&AppState>,
+        user: AuthedUser,
+        /// The user the filter belongs to: the caller.
+        #[oai(name = "userId")]
+        user_id: Path<String>,
+        body: Json<JsonObject>,
+    ) -> ApiResult<Json<FilterIdResponse>> {
+        if user.user_id != user_id.0 {
+            return Err(MatrixError::forbidden("You may only create filters for yourself"));
+        }
+        let json = serde_json::to_string(&body.0).map_err(|e| MatrixError::bad_json(e.to_string()))?;
+        serde_json::from_str::<Filter>(&json).map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")))?;
+        let id = state.storage.create_filter(&user.user_id, &json).await?;
+        Ok(Json(FilterIdResponse { filter_id: id.to_string() }))
+    }
+
+    /// `GET /_matrix/client/v3/user/{userId}/filter/{filterId}`
+    ///
+    /// A stored filter.
+    /// <https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3useruseridfilterfilterid>
+    #[oai(path = "/_matrix/client/v3/user/:userId/filter/:filterId", method = "get", operation_id = "getFilter")]
+    async fn get_filter(
+        &self,
+        state: Data<&AppState>,
+        user: AuthedUser,
+        /// The user the filter belongs to.
+        #[oai(name = "userId")]
+        user_id: Path<String>,
+        /// The filter ID.
+        #[oai(name = "filterId")]
+        filter_id: Path<String>,
+    ) -> ApiResult<Json<JsonObject>> {
+        let not_found = || MatrixError::not_found("Unknown filter");
+        if user.user_id != user_id.0 {
+            return Err(not_found());
+        }
+        let id = filter_id.parse::<i64>().map_err(|_| not_found())?;
+        let json = state.storage.filter(&user.user_id, id).await?.ok_or_else(not_found)?;
+        Ok(Json(serde_json::from_str(&json).map_err(|_| MatrixError::internal())?))
+    }
+}
+
+async fn load_filter(state: &AppState, user: &AuthedUser, filter: Option<&str>) -> Result<Filter, MatrixError> {
+    let json = match filter {
+        None => return Ok(Filter::default()),
+        Some(inline) if inline.trim_start().starts_with('{') => inline.to_owned(),
+        Some(id) => {
+            let unknown = || MatrixError::not_found("Unknown filter");
+            let id = id.parse::<i64>().map_err(|_| unknown())?;
+            state.storage.filter(&user.user_id, id).await?.ok_or_else(unknown)?
+        }
+    };
+    serde_json::from_str(&json).map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")))
+}
+
+/// Builds the response for the stream range `(since, position]`.
+async fn compute(
+    state: &AppState,
+    user: &AuthedUser,
+    since: Option<i64>,
+    position: i64,
+    full_state: bool,
+    filter: &Filter,
+) -> Result<SyncResponse, MatrixError> {
+    let forgotten: BTreeSet<String> = state.storage.forgotten_rooms(&user.user_id).await?.into_iter().collect();
+    let mut rooms = Rooms::default();
+    for (room_id, membership, membership_at) in state.storage.memberships_of(&user.user_id).await? {
+        if forgotten.contains(&room_id) || !filter.room.includes_room(&room_id) || membership_at > position {
+            continue;
+        }
+        let new_membership = since.is_none_or(|since| membership_at > since);
+        match membership.as_str() {
+            "join" => {
+                // A room joined since the last sync is sent in full, like an initial sync.
+                let from = if full_state || new_membership { None } else { since };
+                if let Some(joined) = joined_room(state, user, &room_id, from, position, full_state, filter).await? {
+                    rooms.join.insert(room_id, joined);
+                }
+            }
+            "invite" if new_membership => {
+                rooms.invite.insert(room_id.clone(), invited_room(state, &room_id).await?);
+            }
+            "leave" | "ban" if new_membership && (since.is_some() || filter.room.include_leave) => {
+                let timeline =
+                    room_timeline(state, user, &room_id, since, membership_at, &filter.room.timeline).await?;
+                let state_events = state_before(state, &room_id, &timeline.first, since).await?;
+                rooms.leave.insert(
+                    room_id,
+                    LeftRoom {
+                        state: EventList { events: state_events },
+                        timeline: timeline.into(),
+                        account_data: EventList::default(),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(SyncResponse {
+        next_batch: token::sync(position),
+        rooms,
+        presence: EventList::default(),
+        account_data: EventList::default(),
+        to_device: EventList::default(),
+        device_lists: DeviceLists::default(),
+        device_one_time_keys_count: BTreeMap::new(),
+        device_unused_fallback_key_types: Vec::new(),
+    })
+}
+
+/// A room's timeline section before conversion, keeping the first event for state lookups.
+struct RoomTimeline {
+    events: Vec<Value>,
+    limited: bool,
+    prev_batch: i64,
+    first: Option<StoredEvent>,
+}
+
+impl From<RoomTimeline> for Timeline {
+    fn from(t: RoomTimeline) -> Self {
+        Self { events: t.events, limited: t.limited, prev_batch: Some(token::pagination(t.prev_batch)) }
+    }
+}
+
+/// The visible events of `(since, until]`, the newest `limit` of them.
+async fn room_timeline(
+    state: &AppState,
+    user: &AuthedUser,
+    room_id: &str,
+    since: Option<i64>,
+    until: i64,
+    filter: &RoomEventFilter,
+) -> Result<RoomTimeline, MatrixError> {
+    let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, MAX_TIMELINE_LIMIT);
+    // One extra row tells whether the page is `limited`.
+    let mut page = state.storage.room_events_between(room_id, since.unwrap_or(0), until, limit + 1, true).await?;
+    let limited = page.len() as i64 > limit;
+    if limited {
+        page.remove(0);
+    }
+    let mut visibility = visibility::Filter::new(&state.storage, room_id, &user.user_id).await?;
+    let mut events = Vec::with_capacity(page.len());
+    for stored in &page {
+        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
+        if filter.matches(&pdu) && visibility.allows(stored, &pdu).await? {
+            events.push(pdu.to_client_event(false));
+        }
+    }
+    let prev_batch = page.first().map_or(until, |e| e.stream_ordering - 1);
+    Ok(RoomTimeline { events, limited, prev_batch, first: page.into_iter().next() })
+}
+
+async fn joined_room(
+    state: &AppState,
+    user: &AuthedUser,
+    room_id: &str,
+    since: Option<i64>,
+    position: i64,
+    full_state: bool,
+    filter: &Filter,
+) -> Result<Option<JoinedRoom>, MatrixError> {
+    let timeline = room_timeline(state, user, room_id, since, position, &filter.room.timeline).await?;
+    if since.is_some() && timeline.first.is_none() && !full_state {
+        return Ok(None);
+    }
+    let state_events = if full_state || since.is_none() {
+        state_before(state, room_id, &timeline.first, None).await?
+    } else if timeline.limited {
+        state_before(state, room_id, &timeline.first, since).await?
+    } else {
+        Vec::new()
+    };
+    let state_events = filter_state(state_events, &filter.room.state);
+    Ok(Some(JoinedRoom {
+        state: EventList { events: state_events },
+        timeline: timeline.into(),
+        ephemeral: EventList::default(),
+        account_data: EventList::default(),
+        unread_notifications: UnreadNotifications::default(),
+        summary: summary(state, room_id, &user.user_id).await?,
+    }))
+}
+
+fn filter_state(events: Vec<Value>, filter: &RoomEventFilter) -> Vec<Value> {
+    events.into_iter().filter(|e| filter.matches_type(e["type"].as_str().unwrap_or_default())).collect()
+}
+
+/// The state just before the timeline's first event (the current state when the timeline is
+/// empty), minus what the client already had at `since`.
+async fn state_before(
+    state: &AppState,
+    room_id: &str,
+    first: &Option<StoredEvent>,
+    since: Option<i64>,
+) -> Result<Vec<Value>, MatrixError> {
+    let before = match first {
+        Some(first) => state_at_position(state, room_id, first.stream_ordering - 1).await?,
+        None => state.storage.current_state_ids(room_id).await?,
+    };
+    let known = match since {
+        Some(since) => state_at_position(state, room_id, since).await?,
+        None => StateIds::new(),
+    };
+    let ids: Vec<String> =
+        before.iter().filter(|(key, id)| known.get(*key) != Some(*id)).map(|(_, id)| id.clone()).collect();
+    let mut events = Vec::with_capacity(ids.len());
+    for stored in state.storage.events(&ids).await? {
+        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
+        events.push(pdu.to_client_event(false));
+    }
+    Ok(events)
+}
+
+/// The room's state after its last event at or before stream position `at`.
+async fn state_at_position(state: &AppState, room_id: &str, at: i64) -> Result<StateIds, MatrixError> {
+    match state.storage.room_events_between(room_id, 0, at, 1, true).await?.pop() {
+        Some(event) => Ok(state.storage.state_at_group(event.state_group).await?),
+        None => Ok(StateIds::new()),
+    }
+}
+
+async fn invited_room(state: &AppState, room_id: &str) -> Result<InvitedRoom, MatrixError> {
+    let current = state.storage.current_state_ids(room_id).await?;
+    let stripped_kinds = [
+        "m.room.create",
+        "m.room.join_rules",
+        "m.room.name",
+        "m.room.avatar",
+        "m.room.canonical_alias",
+        "m.room.encryption",
+        "m.room.topic",
+    ];
+    let mut ids: Vec<String> = current
+        .iter()
+        .filter(|((kind, _), _)| stripped_kinds.contains(&kind.as_str()))
+        .map(|(_, id)| id.clone())
+        .collect();
+    // The inviter's and the invitee's member events, so the client can show who invited them.
+    ids.extend(current.iter().filter(|((kind, _), _)| kind == "m.room.member").map(|(_, id)| id.clone()));
+    let mut events = Vec::new();
+    for stored in state.storage.events(&ids).await? {
+        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
+        let relevant_member = pdu.content_str("membership").is_some_and(|m| m == "invite" || m == "join");
+        if pdu.kind != ruma_events::TimelineEventType::RoomMember || relevant_member {
+            events.push(pdu.to_stripped_state());
+        }
+    }
+    Ok(InvitedRoom { invite_state: EventList { events } })
+}
+
+async fn summary(state: &AppState, room_id: &str, user_id: &str) -> Result<RoomSummary, MatrixError> {
+    let members = state.storage.members(room_id).await?;
+    let count = |m: &str| members.iter().filter(|(_, membership)| membership == m).count() as i64;
+    let heroes = members
+        .iter()
+        .filter(|(user, membership)| user != user_id && (membership == "join" || membership == "invite"))
+        .take(5)
+        .map(|(user, _)| user.clone())
+        .collect();
+    Ok(RoomSummary { heroes, joined_member_count: count("join"), invited_member_count: count("invite") })
+}

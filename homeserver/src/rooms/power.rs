@@ -1,0 +1,95 @@
+//! Power levels as the server applies them outside the authorization rules (e.g. who may
+//! redact others' events). The rules themselves are ruma-state-res's.
+
+use std::collections::BTreeMap;
+
+use ruma_common::room_version_rules::RoomVersionRules;
+use ruma_common::{OwnedUserId, UserId};
+use serde::Deserialize;
+
+use super::RoomError;
+use super::pdu::Pdu;
+use crate::storage::RoomWrite;
+
+/// The effective power levels of a room.
+#[derive(Debug, Clone)]
+pub struct PowerLevels {
+    users: BTreeMap<OwnedUserId, i64>,
+    users_default: i64,
+    creators: Vec<OwnedUserId>,
+    /// Level needed to redact other users' events.
+    pub redact: i64,
+}
+
+#[derive(Deserialize, Default)]
+struct Content {
+    #[serde(default)]
+    users: BTreeMap<OwnedUserId, serde_json::Value>,
+    users_default: Option<serde_json::Value>,
+    redact: Option<serde_json::Value>,
+}
+
+fn level(value: Option<&serde_json::Value>, default: i64) -> i64 {
+    match value {
+        Some(serde_json::Value::Number(n)) => n.as_i64().unwrap_or(default),
+        // Room versions before 10 allowed numeric strings; accept them when reading.
+        Some(serde_json::Value::String(s)) => s.trim().parse().unwrap_or(default),
+        _ => default,
+    }
+}
+
+impl PowerLevels {
+    /// Computes the levels from the create event and the power levels event, if any.
+    pub fn from_events(create: &Pdu, power_levels: Option<&Pdu>, rules: &RoomVersionRules) -> Self {
+        let mut creators = vec![create.sender.clone()];
+        if rules.authorization.additional_room_creators
+            && let Some(extra) = create.content_value().get("additional_creators").and_then(|v| v.as_array())
+        {
+            creators.extend(extra.iter().filter_map(|v| v.as_str()).filter_map(|s| UserId::parse(s).ok()));
+        }
+        let Some(power_levels) = power_levels else {
+            // Without a power levels event the creator has 100 and everyone else 0.
+            return Self {
+                users: BTreeMap::from([(create.sender.clone(), 100)]),
+                users_default: 0,
+                creators,
+                redact: 50,
+            };
+        };
+        let content: Content = serde_json::from_str(power_levels.content.get()).unwrap_or_default();
+        Self {
+            users: content.users.iter().map(|(u, v)| (u.clone(), level(Some(v), 0))).collect(),
+            users_default: level(content.users_default.as_ref(), 0),
+            redact: level(content.redact.as_ref(), 50),
+            creators,
+        }
+    }
+
+    /// Loads the current levels of a room under the write lock.
+    pub async fn load(write: &mut RoomWrite, room_id: &str, rules: &RoomVersionRules) -> Result<Self, RoomError> {
+        let current = write.current_state_ids(room_id).await?;
+        let id = |kind: &str| current.get(&(kind.to_owned(), String::new())).map(String::as_str);
+        let create_id = id("m.room.create").ok_or(RoomError::NotFound)?;
+        let mut ids = vec![create_id];
+        ids.extend(id("m.room.power_levels"));
+        let events = write.events(&ids).await?;
+        let parse = |event_id: &str| {
+            events
+                .iter()
+                .find(|e| e.event_id == event_id)
+                .map(|e| Pdu::from_json(&e.event_id, &e.room_id, &e.json))
+                .transpose()
+        };
+        let create = parse(create_id)?.ok_or(RoomError::NotFound)?;
+        let power_levels = id("m.room.power_levels").map(parse).transpose()?.flatten();
+        Ok(Self::from_events(&create, power_levels.as_ref(), rules))
+    }
+
+    /// A user's level; room creators rank above every number in room versions that say so.
+    pub fn user_level(&self, user: &UserId) -> i64 {
+        if self.creators.iter().any(|c| c == user) && !self.users.contains_key(user) {
+            return i64::MAX;
+        }
+        self.users.get(user).copied().unwrap_or(self.users_default)
+    }
+}

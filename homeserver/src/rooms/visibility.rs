@@ -1,0 +1,103 @@
+//! History visibility: which events a user may see.
+//! <https://spec.matrix.org/v1.19/client-server-api/#history-visibility>
+
+use std::collections::HashMap;
+
+use super::RoomError;
+use super::pdu::Pdu;
+use crate::storage::{Storage, StoredEvent};
+
+/// What a user may see of a room's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateView {
+    /// The current state (the user is joined, or the room is world-readable).
+    Current,
+    /// The state when the user left or was banned: their view froze then.
+    AtGroup(i64),
+}
+
+/// How a user may see a room's state, or [`RoomError::Forbidden`].
+pub async fn state_view(storage: &Storage, room_id: &str, user_id: &str) -> Result<StateView, RoomError> {
+    if storage.room(room_id).await?.is_none() {
+        return Err(RoomError::Forbidden("you are not in this room".into()));
+    }
+    match storage.membership(room_id, user_id).await? {
+        Some((membership, _)) if membership == "join" => return Ok(StateView::Current),
+        Some((membership, event_id)) if membership == "leave" || membership == "ban" => {
+            if let Some(event) = storage.event(&event_id).await? {
+                return Ok(StateView::AtGroup(event.state_group));
+            }
+        }
+        _ => {}
+    }
+    if current_visibility(storage, room_id).await? == "world_readable" {
+        return Ok(StateView::Current);
+    }
+    Err(RoomError::Forbidden("you are not in this room".into()))
+}
+
+async fn current_visibility(storage: &Storage, room_id: &str) -> Result<String, RoomError> {
+    let event = storage.current_state_event(room_id, "m.room.history_visibility", "").await?;
+    Ok(match event {
+        Some(e) => {
+            Pdu::from_json(&e.event_id, &e.room_id, &e.json)?.content_str("history_visibility").unwrap_or_default()
+        }
+        None => "shared".into(),
+    })
+}
+
+/// Decides event by event, caching what it learns per state group.
+pub struct Filter<'a> {
+    storage: &'a Storage,
+    user_id: &'a str,
+    currently_joined: bool,
+    by_group: HashMap<i64, bool>,
+}
+
+impl<'a> Filter<'a> {
+    /// A filter for `user_id` in `room_id`.
+    pub async fn new(storage: &'a Storage, room_id: &str, user_id: &'a str) -> Result<Self, RoomError> {
+        let membership = storage.membership(room_id, user_id).await?;
+        let currently_joined = membership.is_some_and(|(m, _)| m == "join");
+        Ok(Self { storage, user_id, currently_joined, by_group: HashMap::new() })
+    }
+
+    /// Whether the user may see `event`.
+    ///
+    /// The state after the event decides: `world_readable` shows it to anyone; a user joined
+    /// then sees it; `shared` shows it to current members; `invited` also to a user invited
+    /// then. A user always sees their own membership events.
+    pub async fn allows(&mut self, event: &StoredEvent, pdu: &Pdu) -> Result<bool, RoomError> {
+        if pdu.state_key.as_deref() == Some(self.user_id) && pdu.kind == ruma_events::TimelineEventType::RoomMember {
+            return Ok(true);
+        }
+        if let Some(allowed) = self.by_group.get(&event.state_group) {
+            return Ok(*allowed);
+        }
+        let state = self.storage.state_at_group(event.state_group).await?;
+        let visibility = state_content(self.storage, &state, ("m.room.history_visibility", ""), "history_visibility")
+            .await?
+            .unwrap_or_else(|| "shared".into());
+        let membership = state_content(self.storage, &state, ("m.room.member", self.user_id), "membership")
+            .await?
+            .unwrap_or_default();
+        let allowed = visibility == "world_readable"
+            || membership == "join"
+            || (visibility == "shared" && self.currently_joined)
+            || (visibility == "invited" && membership == "invite");
+        self.by_group.insert(event.state_group, allowed);
+        Ok(allowed)
+    }
+}
+
+/// A string field of the content of a state event in `state`.
+pub async fn state_content(
+    storage: &Storage,
+    state: &crate::storage::StateIds,
+    (kind, key): (&str, &str),
+    field: &str,
+) -> Result<Option<String>, RoomError> {
+    let Some(id) = state.get(&(kind.to_owned(), key.to_owned())) else { return Ok(None) };
+    let Some(stored) = storage.event(id).await? else { return Ok(None) };
+    Ok(Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?.content_str(field))
+}

@@ -1,0 +1,534 @@
+//! Rooms and their events: the append transaction, state groups, current state, timeline reads.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Backend, Error, Result, Storage, on_conflict};
+
+/// A new group is a full snapshot once a delta chain reaches this length, bounding the work of
+/// reading the state at any event while keeping storage proportional to state changes.
+const MAX_STATE_CHAIN: i64 = 64;
+
+/// `(event type, state key)`.
+pub type StateKey = (String, String);
+
+/// A map from `(event type, state key)` to event ID.
+pub type StateIds = BTreeMap<StateKey, String>;
+
+/// An event as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The position in this server's event stream.
+    pub stream_ordering: i64,
+    /// The event ID.
+    pub event_id: String,
+    /// The room.
+    pub room_id: String,
+    /// The state group holding the room state after this event.
+    pub state_group: i64,
+    /// The PDU (redacted if the event was redacted).
+    pub json: String,
+}
+
+/// A room as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Room {
+    /// The room version.
+    pub version: String,
+    /// The state group of the current state.
+    pub current_group: i64,
+    /// Whether the room is in the public directory.
+    pub published: bool,
+}
+
+/// The fields of a new event the storage needs besides its JSON.
+#[derive(Clone, Debug)]
+pub struct NewEvent<'a> {
+    /// Event ID.
+    pub event_id: &'a str,
+    /// Room ID.
+    pub room_id: &'a str,
+    /// Event type.
+    pub event_type: &'a str,
+    /// State key, for state events.
+    pub state_key: Option<&'a str>,
+    /// Sender.
+    pub sender: &'a str,
+    /// `origin_server_ts`.
+    pub origin_server_ts: i64,
+    /// DAG depth.
+    pub depth: i64,
+    /// The events it follows (they stop being forward extremities).
+    pub prev_events: &'a [String],
+    /// For `m.room.member`: the membership.
+    pub membership: Option<&'a str>,
+    /// The PDU as canonical JSON.
+    pub json: &'a str,
+}
+
+/// A client transaction to remember with the event it produced.
+#[derive(Clone, Copy, Debug)]
+pub struct TxnKey<'a> {
+    /// The user.
+    pub user_id: &'a str,
+    /// The device.
+    pub device_id: &'a str,
+    /// The endpoint, e.g. `send` or `redact`.
+    pub endpoint: &'a str,
+    /// The client's transaction ID.
+    pub txn_id: &'a str,
+}
+
+fn stored_event(row: &AnyRow) -> Result<StoredEvent> {
+    Ok(StoredEvent {
+        stream_ordering: row.try_get(0)?,
+        event_id: row.try_get(1)?,
+        room_id: row.try_get(2)?,
+        state_group: row.try_get(3)?,
+        json: row.try_get(4)?,
+    })
+}
+
+/// A write transaction on rooms. Appends are serialized across the whole server (SQLite's
+/// write lock; a PostgreSQL advisory lock), so stream orderings commit in order and a sync that
+/// has seen position N has seen every event up to N.
+pub struct RoomWrite {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+/// The advisory lock key that serializes event appends on PostgreSQL.
+const APPEND_LOCK: i64 = 0x6d79_656c_696e;
+
+impl Storage {
+    /// Starts a room write transaction.
+    pub async fn begin_room_write(&self) -> Result<RoomWrite> {
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK).execute(&mut *tx).await?;
+        }
+        Ok(RoomWrite { tx })
+    }
+
+    /// A room, if this server knows it.
+    pub async fn room(&self, room_id: &str) -> Result<Option<Room>> {
+        let row = sqlx::query("SELECT room_version, current_group, published FROM rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(Room { version: r.try_get(0)?, current_group: r.try_get(1)?, published: r.try_get::<i64, _>(2)? != 0 })
+        })
+        .transpose()
+    }
+
+    /// One event by ID.
+    pub async fn event(&self, event_id: &str) -> Result<Option<StoredEvent>> {
+        let sql = "SELECT stream_ordering, event_id, room_id, state_group, json FROM events WHERE event_id = $1";
+        let row = sqlx::query(sql).bind(event_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(stored_event).transpose()
+    }
+
+    /// Events by ID, in no particular order; unknown IDs are skipped.
+    pub async fn events(&self, event_ids: &[String]) -> Result<Vec<StoredEvent>> {
+        let mut events = Vec::with_capacity(event_ids.len());
+        for id in event_ids {
+            if let Some(event) = self.event(id).await? {
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// The current state of a room as event IDs.
+    pub async fn current_state_ids(&self, room_id: &str) -> Result<StateIds> {
+        let rows = sqlx::query("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))).collect()
+    }
+
+    /// One current state event.
+    pub async fn current_state_event(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<StoredEvent>> {
+        let row = sqlx::query(
+            "SELECT e.stream_ordering, e.event_id, e.room_id, e.state_group, e.json FROM current_state c \
+             JOIN events e ON e.event_id = c.event_id \
+             WHERE c.room_id = $1 AND c.event_type = $2 AND c.state_key = $3",
+        )
+        .bind(room_id)
+        .bind(event_type)
+        .bind(state_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(stored_event).transpose()
+    }
+
+    /// A user's current membership in a room, with the membership event's ID.
+    pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query(
+            "SELECT membership, event_id FROM current_state \
+             WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get::<Option<String>, _>(0)?.unwrap_or_default(), r.try_get(1)?))).transpose()
+    }
+
+    /// Rooms where the user's current membership is `membership`, with the membership event's
+    /// stream position.
+    pub async fn rooms_with_membership(&self, user_id: &str, membership: &str) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT c.room_id, e.stream_ordering FROM current_state c JOIN events e ON e.event_id = c.event_id \
+             WHERE c.event_type = 'm.room.member' AND c.state_key = $1 AND c.membership = $2 ORDER BY c.room_id",
+        )
+        .bind(user_id)
+        .bind(membership)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// Every room the user has a membership event in, with that membership and the event's
+    /// stream position.
+    pub async fn memberships_of(&self, user_id: &str) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT c.room_id, c.membership, e.stream_ordering FROM current_state c \
+             JOIN events e ON e.event_id = c.event_id \
+             WHERE c.event_type = 'm.room.member' AND c.state_key = $1 ORDER BY c.room_id",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get::<Option<String>, _>(1)?.unwrap_or_default(), r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Members of a room with their current membership.
+    pub async fn members(&self, room_id: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT state_key, membership FROM current_state \
+             WHERE room_id = $1 AND event_type = 'm.room.member' ORDER BY state_key",
+        )
+        .bind(room_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<Option<String>, _>(1)?.unwrap_or_default()))).collect()
+    }
+
+    /// The state of a room as it was in `group`: the group's entries over those of its chain.
+    pub async fn state_at_group(&self, group: i64) -> Result<StateIds> {
+        // Walk the chain newest first, tracking distance, and keep the nearest entry per key.
+        let rows = sqlx::query(
+            "WITH RECURSIVE chain (id, prev, distance) AS ( \
+                 SELECT id, prev_group, 0 FROM state_groups WHERE id = $1 \
+                 UNION ALL \
+                 SELECT g.id, g.prev_group, c.distance + 1 FROM state_groups g JOIN chain c ON g.id = c.prev \
+             ) \
+             SELECT s.event_type, s.state_key, s.event_id FROM state_group_entries s \
+             JOIN chain c ON s.group_id = c.id ORDER BY c.distance",
+        )
+        .bind(group)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut state = StateIds::new();
+        for r in &rows {
+            state.entry((r.try_get(0)?, r.try_get(1)?)).or_insert(r.try_get(2)?);
+        }
+        Ok(state)
+    }
+
+    /// The latest position of the event stream (0 when there are no events).
+    pub async fn max_stream_ordering(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetch_one(&self.pool).await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Events of a room with `after < stream_ordering <= until`, oldest first, at most `limit`
+    /// of them: the newest ones when `newest` is set, else the oldest.
+    pub async fn room_events_between(
+        &self,
+        room_id: &str,
+        after: i64,
+        until: i64,
+        limit: i64,
+        newest: bool,
+    ) -> Result<Vec<StoredEvent>> {
+        let sql = if newest {
+            "SELECT stream_ordering, event_id, room_id, state_group, json FROM events \
+             WHERE room_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3 \
+             ORDER BY stream_ordering DESC LIMIT $4"
+        } else {
+            "SELECT stream_ordering, event_id, room_id, state_group, json FROM events \
+             WHERE room_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3 \
+             ORDER BY stream_ordering ASC LIMIT $4"
+        };
+        let rows = sqlx::query(sql).bind(room_id).bind(after).bind(until).bind(limit).fetch_all(&self.pool).await?;
+        let mut events = rows.iter().map(stored_event).collect::<Result<Vec<_>>>()?;
+        if newest {
+            events.reverse();
+        }
+        Ok(events)
+    }
+
+    /// Rooms that have events after stream position `after`.
+    pub async fn rooms_with_events_after(&self, after: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT room_id FROM events WHERE stream_ordering > $1")
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// The event a client transaction produced, if it ran before.
+    pub async fn txn_event(&self, txn: TxnKey<'_>) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND endpoint = $3 AND txn_id = $4",
+        )
+        .bind(txn.user_id)
+        .bind(txn.device_id)
+        .bind(txn.endpoint)
+        .bind(txn.txn_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    }
+
+    /// Marks a room forgotten by a user (or remembered again).
+    pub async fn set_forgotten(&self, user_id: &str, room_id: &str, forgotten: bool) -> Result<()> {
+        let sql = if forgotten {
+            "INSERT INTO forgotten_rooms (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2"
+        };
+        sqlx::query(sql).bind(user_id).bind(room_id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Rooms the user has forgotten.
+    pub async fn forgotten_rooms(&self, user_id: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT room_id FROM forgotten_rooms WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+}
+
+impl RoomWrite {
+    /// A room's version and current state group, read under the write lock.
+    pub async fn room(&mut self, room_id: &str) -> Result<Option<Room>> {
+        let row = sqlx::query("SELECT room_version, current_group, published FROM rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| {
+            Ok(Room { version: r.try_get(0)?, current_group: r.try_get(1)?, published: r.try_get::<i64, _>(2)? != 0 })
+        })
+        .transpose()
+    }
+
+    /// Registers a new room (before its create event is appended).
+    pub async fn create_room(&mut self, room_id: &str, version: &str, published: bool, now: i64) -> Result<()> {
+        sqlx::query("INSERT INTO rooms (room_id, room_version, current_group, published, created_ts) VALUES ($1, $2, 0, $3, $4)")
+            .bind(room_id)
+            .bind(version)
+            .bind(i64::from(published))
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(on_conflict("rooms.room_id"))?;
+        Ok(())
+    }
+
+    /// The current state as event IDs, under the write lock.
+    pub async fn current_state_ids(&mut self, room_id: &str) -> Result<StateIds> {
+        let rows = sqlx::query("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))).collect()
+    }
+
+    /// Events by ID, under the write lock; unknown IDs are skipped.
+    pub async fn events(&mut self, event_ids: &[&str]) -> Result<Vec<StoredEvent>> {
+        let mut events = Vec::with_capacity(event_ids.len());
+        for id in event_ids {
+            let sql = "SELECT stream_ordering, event_id, room_id, state_group, json FROM events WHERE event_id = $1";
+            if let Some(row) = sqlx::query(sql).bind(*id).fetch_optional(&mut *self.tx).await? {
+                events.push(stored_event(&row)?);
+            }
+        }
+        Ok(events)
+    }
+
+    /// The room's forward extremities with their depths.
+    pub async fn extremities(&mut self, room_id: &str) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT f.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_id = f.event_id \
+             WHERE f.room_id = $1 ORDER BY f.event_id",
+        )
+        .bind(room_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// The event a client transaction produced, under the write lock.
+    pub async fn txn_event(&mut self, txn: TxnKey<'_>) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND endpoint = $3 AND txn_id = $4",
+        )
+        .bind(txn.user_id)
+        .bind(txn.device_id)
+        .bind(txn.endpoint)
+        .bind(txn.txn_id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    }
+
+    /// Appends an accepted event: stores it, advances the room's state and extremities, and
+    /// remembers the client transaction. Returns the event's stream position.
+    pub async fn append(&mut self, event: NewEvent<'_>, txn: Option<TxnKey<'_>>, now: i64) -> Result<i64> {
+        let room = self.room(event.room_id).await?.ok_or(Error::NotFound)?;
+        let mut group = room.current_group;
+        if let Some(state_key) = event.state_key {
+            sqlx::query(
+                "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = $4, membership = $5",
+            )
+            .bind(event.room_id)
+            .bind(event.event_type)
+            .bind(state_key)
+            .bind(event.event_id)
+            .bind(event.membership)
+            .execute(&mut *self.tx)
+            .await?;
+            group = self
+                .new_state_group(event.room_id, room.current_group, (event.event_type, state_key, event.event_id))
+                .await?;
+            sqlx::query("UPDATE rooms SET current_group = $1 WHERE room_id = $2")
+                .bind(group)
+                .bind(event.room_id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        let row = sqlx::query(
+            "INSERT INTO events (event_id, room_id, event_type, state_key, sender, origin_server_ts, depth, state_group, json) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING stream_ordering",
+        )
+        .bind(event.event_id)
+        .bind(event.room_id)
+        .bind(event.event_type)
+        .bind(event.state_key)
+        .bind(event.sender)
+        .bind(event.origin_server_ts)
+        .bind(event.depth)
+        .bind(group)
+        .bind(event.json)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(on_conflict("events.event_id"))?;
+        let stream_ordering: i64 = row.try_get(0)?;
+        for prev in event.prev_events {
+            sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
+                .bind(event.room_id)
+                .bind(prev)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
+            .bind(event.room_id)
+            .bind(event.event_id)
+            .execute(&mut *self.tx)
+            .await?;
+        if let Some(txn) = txn {
+            sqlx::query(
+                "INSERT INTO event_txns (user_id, device_id, endpoint, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(txn.user_id)
+            .bind(txn.device_id)
+            .bind(txn.endpoint)
+            .bind(txn.txn_id)
+            .bind(event.event_id)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(on_conflict("event_txns"))?;
+        }
+        Ok(stream_ordering)
+    }
+
+    /// Replaces a stored event's JSON with its redacted form.
+    pub async fn redact(&mut self, event_id: &str, redacted_json: &str, redacted_by: &str) -> Result<()> {
+        sqlx::query("UPDATE events SET json = $1, redacted_by = $2 WHERE event_id = $3")
+            .bind(redacted_json)
+            .bind(redacted_by)
+            .bind(event_id)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    /// A state group for the state after an event changing `entry`: a one-entry delta over
+    /// `prev`, or a full snapshot of the (already updated) current state when the chain is long.
+    async fn new_state_group(&mut self, room_id: &str, prev: i64, entry: (&str, &str, &str)) -> Result<i64> {
+        let chain_length: Option<i64> = match prev {
+            0 => None,
+            _ => sqlx::query("SELECT chain_length FROM state_groups WHERE id = $1")
+                .bind(prev)
+                .fetch_optional(&mut *self.tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?,
+        };
+        let delta_of = chain_length.filter(|len| *len < MAX_STATE_CHAIN);
+        let row = sqlx::query(
+            "INSERT INTO state_groups (room_id, prev_group, chain_length) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(room_id)
+        .bind(delta_of.map(|_| prev))
+        .bind(delta_of.map_or(0, |len| len + 1))
+        .fetch_one(&mut *self.tx)
+        .await?;
+        let group: i64 = row.try_get(0)?;
+        if delta_of.is_some() {
+            let (event_type, state_key, event_id) = entry;
+            sqlx::query(
+                "INSERT INTO state_group_entries (group_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(group)
+            .bind(event_type)
+            .bind(state_key)
+            .bind(event_id)
+            .execute(&mut *self.tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO state_group_entries (group_id, event_type, state_key, event_id) \
+                 SELECT $1, event_type, state_key, event_id FROM current_state WHERE room_id = $2",
+            )
+            .bind(group)
+            .bind(room_id)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        Ok(group)
+    }
+
+    /// Commits the transaction.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
