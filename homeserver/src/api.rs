@@ -43,7 +43,8 @@ pub enum Tag {
     UserData,
 }
 
-type Apis = (
+/// Accounts, sessions and profiles.
+type AccountApis = (
     well_known::WellKnownApi,
     client::versions::VersionsApi,
     client::capabilities::CapabilitiesApi,
@@ -52,10 +53,21 @@ type Apis = (
     client::account::AccountApi,
     client::devices::DevicesApi,
     client::profile::ProfileApi,
+    client::account_data::AccountDataApi,
+    client::presence::PresenceApi,
+);
+
+/// Rooms and sync.
+type RoomApis = (
     client::rooms::RoomsApi,
     client::room_events::RoomEventsApi,
     client::sync::SyncApi,
+    client::ephemeral::EphemeralApi,
+    client::directory::DirectoryApi,
 );
+
+/// Every API area; nested because tuples implement `Default` only up to twelve elements.
+type Apis = (AccountApis, RoomApis);
 
 /// The OpenAPI service with every endpoint.
 pub fn service() -> OpenApiService<Apis, ()> {

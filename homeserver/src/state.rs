@@ -35,6 +35,17 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Wakes waiting syncs after a change committed at stream `position`.
+    pub fn notify(&self, position: i64) {
+        self.notifier.send_if_modified(|latest| {
+            let newer = position > *latest;
+            *latest = (*latest).max(position);
+            newer
+        });
+    }
+}
+
 impl std::ops::Deref for AppState {
     type Target = Inner;
 

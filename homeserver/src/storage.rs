@@ -10,6 +10,7 @@ mod aliases;
 mod filters;
 mod profile;
 mod rooms;
+mod streams;
 mod uia;
 
 use std::str::FromStr;
@@ -20,6 +21,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use accounts::{Device, NewLogin, TokenOwner};
 pub use rooms::{NewEvent, Room, RoomWrite, StateIds, StateKey, StoredEvent, TxnKey};
+pub use streams::{Presence, Receipt};
 pub use uia::UiaSession;
 
 /// Errors of the storage layer.

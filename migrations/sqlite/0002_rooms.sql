@@ -11,10 +11,20 @@ CREATE TABLE rooms (
     created_ts         INTEGER NOT NULL
 );
 
+-- One position for every stream (events, account data, receipts, typing, presence), taken
+-- from this single row inside the writing transaction. The row lock (PostgreSQL) or the write
+-- lock (SQLite) orders commits by position, so a reader that sees position N has every change
+-- up to N: sync tokens can be one number and never skip a change.
+CREATE TABLE stream_head (
+    id                 INTEGER PRIMARY KEY NOT NULL CHECK (id = 0),
+    position           BIGINT NOT NULL
+);
+INSERT INTO stream_head (id, position) VALUES (0, 0);
+
 -- Every event, as the signed PDU federation ships (`json`, canonical JSON). `stream_ordering`
--- is the order in which this server accepted events: sync tokens and pagination use it.
+-- is the stream position at which this server accepted it: sync tokens and pagination use it.
 CREATE TABLE events (
-    stream_ordering    INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream_ordering    INTEGER PRIMARY KEY NOT NULL,
     event_id           TEXT NOT NULL UNIQUE,
     room_id            TEXT NOT NULL REFERENCES rooms (room_id),
     event_type         TEXT NOT NULL,
@@ -96,4 +106,47 @@ CREATE TABLE filters (
     filter_id          INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id            TEXT NOT NULL,
     json               TEXT NOT NULL
+);
+
+-- Account data, global (room_id '') and per room; stream_id is the position of the last change.
+CREATE TABLE account_data (
+    user_id            TEXT NOT NULL,
+    room_id            TEXT NOT NULL,
+    data_type          TEXT NOT NULL,
+    content            TEXT NOT NULL,
+    stream_id          INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_id, data_type)
+);
+CREATE INDEX account_data_stream ON account_data (user_id, stream_id);
+
+-- Read receipts (and private ones), the latest per user, type and thread.
+CREATE TABLE receipts (
+    room_id            TEXT NOT NULL,
+    receipt_type       TEXT NOT NULL,
+    user_id            TEXT NOT NULL,
+    thread_id          TEXT NOT NULL,
+    event_id           TEXT NOT NULL,
+    ts                 INTEGER NOT NULL,
+    stream_id          INTEGER NOT NULL,
+    PRIMARY KEY (room_id, receipt_type, user_id, thread_id)
+);
+CREATE INDEX receipts_stream ON receipts (room_id, stream_id);
+
+-- Who is typing where, until when.
+CREATE TABLE typing (
+    room_id            TEXT NOT NULL,
+    user_id            TEXT NOT NULL,
+    expires_ts         INTEGER NOT NULL,
+    stream_id          INTEGER NOT NULL,
+    PRIMARY KEY (room_id, user_id)
+);
+CREATE INDEX typing_stream ON typing (room_id, stream_id);
+
+-- Presence of local users.
+CREATE TABLE presence (
+    user_id            TEXT PRIMARY KEY NOT NULL,
+    presence           TEXT NOT NULL,
+    status_msg         TEXT,
+    last_active_ts     INTEGER NOT NULL,
+    stream_id          INTEGER NOT NULL
 );

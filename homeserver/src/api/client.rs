@@ -1,9 +1,13 @@
 //! The Client-Server API, one file per area of the spec.
 
 pub mod account;
+pub mod account_data;
 pub mod capabilities;
 pub mod devices;
+pub mod directory;
+pub mod ephemeral;
 pub mod login;
+pub mod presence;
 pub mod profile;
 pub mod register;
 pub mod room_events;

@@ -119,11 +119,7 @@ pub async fn append(
     };
     let position = write.append(new_event, txn, now_ms()).await?;
     write.commit().await?;
-    state.notifier.send_if_modified(|latest| {
-        let newer = position > *latest;
-        *latest = (*latest).max(position);
-        newer
-    });
+    state.notify(position);
     Ok(Appended { pdu, replayed: false })
 }
 

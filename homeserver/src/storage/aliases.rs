@@ -42,3 +42,22 @@ impl Storage {
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 }
+
+impl Storage {
+    /// Lists a room in the public directory, or takes it out.
+    pub async fn set_published(&self, room_id: &str, published: bool) -> Result<()> {
+        sqlx::query("UPDATE rooms SET published = $1 WHERE room_id = $2")
+            .bind(i64::from(published))
+            .bind(room_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Rooms listed in the public directory.
+    pub async fn published_rooms(&self) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT room_id FROM rooms WHERE published = 1 ORDER BY room_id").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+}

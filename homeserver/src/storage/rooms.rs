@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Backend, Error, Result, Storage, on_conflict};
+use super::{Error, Result, Storage, on_conflict};
 
 /// A new group is a full snapshot once a delta chain reaches this length, bounding the work of
 /// reading the state at any event while keeping storage proportional to state changes.
@@ -91,24 +91,17 @@ fn stored_event(row: &AnyRow) -> Result<StoredEvent> {
     })
 }
 
-/// A write transaction on rooms. Appends are serialized across the whole server (SQLite's
-/// write lock; a PostgreSQL advisory lock), so stream orderings commit in order and a sync that
-/// has seen position N has seen every event up to N.
+/// A write transaction on rooms. Appends take their position from the `stream_head` row, whose
+/// lock orders commits by position (see the migration), so a sync that has seen position N has
+/// seen every change up to N.
 pub struct RoomWrite {
     tx: sqlx::Transaction<'static, sqlx::Any>,
 }
 
-/// The advisory lock key that serializes event appends on PostgreSQL.
-const APPEND_LOCK: i64 = 0x6d79_656c_696e;
-
 impl Storage {
     /// Starts a room write transaction.
     pub async fn begin_room_write(&self) -> Result<RoomWrite> {
-        let mut tx = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK).execute(&mut *tx).await?;
-        }
-        Ok(RoomWrite { tx })
+        Ok(RoomWrite { tx: self.begin_write().await? })
     }
 
     /// A room, if this server knows it.
@@ -247,9 +240,9 @@ impl Storage {
         Ok(state)
     }
 
-    /// The latest position of the event stream (0 when there are no events).
+    /// The latest committed stream position.
     pub async fn max_stream_ordering(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COALESCE(MAX(stream_ordering), 0) FROM events").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT position FROM stream_head WHERE id = 0").fetch_one(&self.pool).await?;
         Ok(row.try_get(0)?)
     }
 
@@ -423,9 +416,10 @@ impl RoomWrite {
                 .execute(&mut *self.tx)
                 .await?;
         }
-        let row = sqlx::query(
-            "INSERT INTO events (event_id, room_id, event_type, state_key, sender, origin_server_ts, depth, state_group, json) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING stream_ordering",
+        let stream_ordering = super::streams::next_position(&mut self.tx).await?;
+        sqlx::query(
+            "INSERT INTO events (stream_ordering, event_id, room_id, event_type, state_key, sender, origin_server_ts, depth, state_group, json) \
+             VALUES ($10, $1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(event.event_id)
         .bind(event.room_id)
@@ -436,10 +430,10 @@ impl RoomWrite {
         .bind(event.depth)
         .bind(group)
         .bind(event.json)
-        .fetch_one(&mut *self.tx)
+        .bind(stream_ordering)
+        .execute(&mut *self.tx)
         .await
         .map_err(on_conflict("events.event_id"))?;
-        let stream_ordering: i64 = row.try_get(0)?;
         for prev in event.prev_events {
             sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
                 .bind(event.room_id)

@@ -5,7 +5,9 @@ mod support;
 
 mod binary;
 mod devices;
+mod directory;
 mod discovery;
+mod ephemeral;
 mod errors;
 mod openapi;
 mod profile;

@@ -25,9 +25,21 @@ pub struct ProfileFieldsCapability {
     pub enabled: bool,
 }
 
+/// The room versions the server supports.
+#[derive(Debug, Object)]
+pub struct RoomVersionsCapability {
+    /// The version of new rooms.
+    pub default: String,
+    /// Every supported version with its stability.
+    pub available: std::collections::BTreeMap<String, String>,
+}
+
 /// The server's capabilities.
 #[derive(Debug, Object)]
 pub struct Capabilities {
+    /// The room versions the server supports.
+    #[oai(rename = "m.room_versions")]
+    pub room_versions: RoomVersionsCapability,
     /// Users may change their password.
     #[oai(rename = "m.change_password")]
     pub change_password: BooleanCapability,
@@ -67,6 +79,13 @@ impl CapabilitiesApi {
         let off = || BooleanCapability { enabled: false };
         Ok(Json(CapabilitiesResponse {
             capabilities: Capabilities {
+                room_versions: RoomVersionsCapability {
+                    default: crate::rooms::version::DEFAULT.to_string(),
+                    available: crate::rooms::version::SUPPORTED
+                        .iter()
+                        .map(|v| (v.to_string(), "stable".to_owned()))
+                        .collect(),
+                },
                 change_password: on(),
                 set_displayname: on(),
                 set_avatar_url: on(),

@@ -184,10 +184,18 @@ impl SyncApi {
         full_state: Query<Option<bool>>,
         /// A filter ID or an inline JSON filter.
         filter: Query<Option<String>>,
-        /// `offline`, `online` or `unavailable` (accepted; presence arrives in a later version).
-        #[oai(name = "set_presence")]
-        _set_presence: Query<Option<String>>,
+        /// Presence to set while syncing: `online` (default), `offline` or `unavailable`.
+        set_presence: Query<Option<String>>,
     ) -> ApiResult<Json<SyncResponse>> {
+        let wanted = set_presence.0.unwrap_or_else(|| "online".into());
+        if !matches!(wanted.as_str(), "online" | "offline" | "unavailable") {
+            return Err(MatrixError::invalid_param("set_presence must be online, offline or unavailable"));
+        }
+        // Syncing marks the user present; only a change of state is a presence update.
+        if wanted != "offline" && state.storage.presence(&user.user_id).await?.is_none_or(|p| p.presence != wanted) {
+            let position = state.storage.set_presence(&user.user_id, &wanted, None, crate::storage::now_ms()).await?;
+            state.notify(position);
+        }
         let since = since.0.as_deref().map(token::position).transpose()?;
         let filter = load_filter(&state, &user, filter.0.as_deref()).await?;
         let full_state = full_state.0.unwrap_or(false);
@@ -197,8 +205,11 @@ impl SyncApi {
             changes.borrow_and_update();
             let position = state.storage.max_stream_ordering().await?;
             let response = compute(&state, &user, since, position, full_state, &filter).await?;
-            let empty =
-                response.rooms.join.is_empty() && response.rooms.invite.is_empty() && response.rooms.leave.is_empty();
+            let empty = response.rooms.join.is_empty()
+                && response.rooms.invite.is_empty()
+                && response.rooms.leave.is_empty()
+                && response.account_data.events.is_empty()
+                && response.presence.events.is_empty();
             if since.is_none() || full_state || !empty {
                 return Ok(Json(response));
             }
@@ -282,6 +293,14 @@ async fn compute(
     filter: &Filter,
 ) -> Result<SyncResponse, MatrixError> {
     let forgotten: BTreeSet<String> = state.storage.forgotten_rooms(&user.user_id).await?.into_iter().collect();
+    let mut account_data: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (room_id, kind, content) in
+        state.storage.account_data_since(&user.user_id, since.unwrap_or(0), position).await?
+    {
+        let content: Value = serde_json::from_str(&content).unwrap_or(Value::Null);
+        account_data.entry(room_id).or_default().push(serde_json::json!({"type": kind, "content": content}));
+    }
+    let global_account_data = account_data.remove("").unwrap_or_default();
     let mut rooms = Rooms::default();
     for (room_id, membership, membership_at) in state.storage.memberships_of(&user.user_id).await? {
         if forgotten.contains(&room_id) || !filter.room.includes_room(&room_id) || membership_at > position {
@@ -292,7 +311,9 @@ async fn compute(
             "join" => {
                 // A room joined since the last sync is sent in full, like an initial sync.
                 let from = if full_state || new_membership { None } else { since };
-                if let Some(joined) = joined_room(state, user, &room_id, from, position, full_state, filter).await? {
+                let room_account_data = account_data.remove(&room_id).unwrap_or_default();
+                let sections = RoomSections { since: from, position, full_state, account_data: room_account_data };
+                if let Some(joined) = joined_room(state, user, &room_id, sections, filter).await? {
                     rooms.join.insert(room_id, joined);
                 }
             }
@@ -315,11 +336,12 @@ async fn compute(
             _ => {}
         }
     }
+    let presence = presence_events(state, &user.user_id, since, position).await?;
     Ok(SyncResponse {
         next_batch: token::sync(position),
         rooms,
-        presence: EventList::default(),
-        account_data: EventList::default(),
+        presence: EventList { events: presence },
+        account_data: EventList { events: global_account_data },
         to_device: EventList::default(),
         device_lists: DeviceLists::default(),
         device_one_time_keys_count: BTreeMap::new(),
@@ -369,17 +391,29 @@ async fn room_timeline(
     Ok(RoomTimeline { events, limited, prev_batch, first: page.into_iter().next() })
 }
 
+/// What a joined room's entry is built from.
+struct RoomSections {
+    /// Start of the range (None: the whole room).
+    since: Option<i64>,
+    /// End of the range.
+    position: i64,
+    /// Send all state.
+    full_state: bool,
+    /// The user's account data for the room changed in the range.
+    account_data: Vec<Value>,
+}
+
 async fn joined_room(
     state: &AppState,
     user: &AuthedUser,
     room_id: &str,
-    since: Option<i64>,
-    position: i64,
-    full_state: bool,
+    sections: RoomSections,
     filter: &Filter,
 ) -> Result<Option<JoinedRoom>, MatrixError> {
+    let RoomSections { since, position, full_state, account_data } = sections;
     let timeline = room_timeline(state, user, room_id, since, position, &filter.room.timeline).await?;
-    if since.is_some() && timeline.first.is_none() && !full_state {
+    let ephemeral = ephemeral_events(state, &user.user_id, room_id, since, position).await?;
+    if since.is_some() && timeline.first.is_none() && !full_state && ephemeral.is_empty() && account_data.is_empty() {
         return Ok(None);
     }
     let state_events = if full_state || since.is_none() {
@@ -393,11 +427,71 @@ async fn joined_room(
     Ok(Some(JoinedRoom {
         state: EventList { events: state_events },
         timeline: timeline.into(),
-        ephemeral: EventList::default(),
-        account_data: EventList::default(),
+        ephemeral: EventList { events: ephemeral },
+        account_data: EventList { events: account_data },
         unread_notifications: UnreadNotifications::default(),
         summary: summary(state, room_id, &user.user_id).await?,
     }))
+}
+
+/// Typing and receipts of a room that changed in the range (all current ones without `since`).
+async fn ephemeral_events(
+    state: &AppState,
+    user_id: &str,
+    room_id: &str,
+    since: Option<i64>,
+    position: i64,
+) -> Result<Vec<Value>, MatrixError> {
+    let mut events = Vec::new();
+    let after = since.unwrap_or(0);
+    if state.storage.typing_changed(room_id, after, position).await? {
+        let typing = state.storage.typing_users(room_id, crate::storage::now_ms()).await?;
+        events.push(serde_json::json!({"type": "m.typing", "content": {"user_ids": typing}}));
+    }
+    let mut content = serde_json::Map::new();
+    for receipt in state.storage.receipts_since(room_id, after, position).await? {
+        // Private receipts are for their owner's eyes only.
+        if receipt.receipt_type == "m.read.private" && receipt.user_id != user_id {
+            continue;
+        }
+        let mut data = serde_json::json!({"ts": receipt.ts});
+        if !receipt.thread_id.is_empty() {
+            data["thread_id"] = receipt.thread_id.clone().into();
+        }
+        let by_type = content.entry(receipt.event_id).or_insert_with(|| serde_json::json!({}));
+        by_type[&receipt.receipt_type][&receipt.user_id] = data;
+    }
+    if !content.is_empty() {
+        events.push(serde_json::json!({"type": "m.receipt", "content": content}));
+    }
+    Ok(events)
+}
+
+/// Presence changes in the range of users who share a room with the caller.
+async fn presence_events(
+    state: &AppState,
+    user_id: &str,
+    since: Option<i64>,
+    position: i64,
+) -> Result<Vec<Value>, MatrixError> {
+    let now = crate::storage::now_ms();
+    let mut events = Vec::new();
+    for other in state.storage.users_sharing_rooms(user_id).await? {
+        let Some(p) = state.storage.presence(&other).await? else { continue };
+        if p.stream_id > position || since.is_some_and(|since| p.stream_id <= since) {
+            continue;
+        }
+        let mut content = serde_json::json!({
+            "presence": p.presence,
+            "last_active_ago": (now - p.last_active_ts).max(0),
+            "currently_active": p.presence == "online",
+        });
+        if let Some(msg) = p.status_msg {
+            content["status_msg"] = msg.into();
+        }
+        events.push(serde_json::json!({"type": "m.presence", "sender": other, "content": content}));
+    }
+    Ok(events)
 }
 
 fn filter_state(events: Vec<Value>, filter: &RoomEventFilter) -> Vec<Value> {
