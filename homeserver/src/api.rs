@@ -1,6 +1,7 @@
 //! The HTTP API: every endpoint declared with poem-openapi, one `#[OpenApi]` struct per spec
 //! area, combined into one service that also serves its own OpenAPI document.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod error;
@@ -22,6 +23,8 @@ pub const DOCS_PATH: &str = "/_myelin/docs";
 /// Sections of the API, as the spec groups its endpoints.
 #[derive(Tags)]
 pub enum Tag {
+    /// Server administration (Myelin-specific).
+    Admin,
     /// Creating accounts and managing passwords.
     #[oai(rename = "Account management")]
     AccountManagement,
@@ -64,6 +67,7 @@ type RoomApis = (
     client::sync::SyncApi,
     client::ephemeral::EphemeralApi,
     client::directory::DirectoryApi,
+    admin::AdminApi,
 );
 
 /// Every API area; nested because tuples implement `Default` only up to twelve elements.

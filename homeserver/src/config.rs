@@ -36,6 +36,8 @@ pub struct Config {
     pub well_known: WellKnown,
     /// The log filter, in `tracing_subscriber::EnvFilter` syntax (`RUST_LOG` wins when set).
     pub log: String,
+    /// Server administrators (full user IDs): they may use the `/_myelin/admin` endpoints.
+    pub admins: Vec<String>,
 }
 
 /// Listening sockets.
@@ -119,6 +121,7 @@ impl Default for Config {
             limits: Limits::default(),
             well_known: WellKnown::default(),
             log: "info,poem=warn,ruma_state_res=warn".to_owned(),
+            admins: Vec::new(),
         }
     }
 }
@@ -240,6 +243,11 @@ impl Config {
         }
         if self.limits.max_request_body < 65_536 {
             return invalid("limits.max_request_body", "must be at least 65536 bytes".to_owned());
+        }
+        for admin in &self.admins {
+            if ruma_common::UserId::parse(admin).is_err() {
+                return invalid("admins", format!("{admin:?} is not a user ID"));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return invalid("log", e.to_string());

@@ -6,6 +6,7 @@
 
 pub mod create;
 pub mod membership;
+pub mod notices;
 pub mod pdu;
 pub mod power;
 pub mod timeline;

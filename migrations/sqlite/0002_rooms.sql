@@ -150,3 +150,9 @@ CREATE TABLE presence (
     last_active_ts     INTEGER NOT NULL,
     stream_id          INTEGER NOT NULL
 );
+
+-- Each local user's server notices room.
+CREATE TABLE server_notice_rooms (
+    user_id            TEXT PRIMARY KEY NOT NULL,
+    room_id            TEXT NOT NULL
+);

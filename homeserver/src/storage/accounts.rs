@@ -265,3 +265,33 @@ fn device_from_row(r: &sqlx::any::AnyRow) -> Result<Device> {
         last_seen_ts: r.try_get(3)?,
     })
 }
+
+impl Storage {
+    /// Every local user ID, in order.
+    pub async fn all_user_ids(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT user_id FROM users ORDER BY user_id").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// The server notices room of a user.
+    pub async fn server_notice_room(&self, user_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT room_id FROM server_notice_rooms WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(r.try_get(0)?)).transpose()
+    }
+
+    /// Remembers a user's server notices room.
+    pub async fn set_server_notice_room(&self, user_id: &str, room_id: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO server_notice_rooms (user_id, room_id) VALUES ($1, $2) \
+             ON CONFLICT (user_id) DO UPDATE SET room_id = $2",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

@@ -12,6 +12,8 @@ backend_tests!(
     redaction_strips_content,
     history_visibility_is_honoured,
     state_events_and_power_levels,
+    event_context,
+    server_notices_reach_every_user,
 );
 
 async fn create_send_and_read_back(backend: TestBackend) {
@@ -317,4 +319,79 @@ async fn state_events_and_power_levels(backend: TestBackend) {
     let huge = "x".repeat(70_000);
     let (status, body) = h.send_text(&alice, &room, &huge).await;
     assert_error(&(status, body), StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+}
+
+async fn event_context(backend: TestBackend) {
+    let h = Harness::start(backend).await;
+    let alice = h.register("alice", "pw").await;
+    let outsider = h.register("outsider", "pw").await;
+    let room = h.create_room(&alice, json!({"preset": "private_chat"})).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(h.send_text(&alice, &room, &format!("c{i}")).await.1["event_id"].as_str().unwrap().to_owned());
+    }
+    let path = format!("/_matrix/client/v3/rooms/{room}/context/{}?limit=4", ids[3]);
+    let (status, context) = h.get(&path, Some(&alice.access_token)).await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    assert_eq!(context["event"]["content"]["body"], "c3");
+    assert_eq!(bodies(&context["events_before"]), ["c2", "c1"], "newest first");
+    assert_eq!(bodies(&context["events_after"]), ["c4", "c5"]);
+    assert!(context["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"));
+    // The tokens continue the pagination on both sides.
+    let (_, older) = h
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1&from={}",
+                context["start"].as_str().unwrap()
+            ),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(bodies(&older["chunk"]), ["c0"]);
+    let (_, newer) = h
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=5&from={}",
+                context["end"].as_str().unwrap()
+            ),
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(bodies(&newer["chunk"]), ["c6"]);
+    assert_error(&h.get(&path, Some(&outsider.access_token)).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+}
+
+async fn server_notices_reach_every_user(backend: TestBackend) {
+    let mut admin_id = String::new();
+    let h = Harness::start_with(backend, |c| {
+        admin_id = format!("@admin:{}", c.server_name);
+        c.admins = vec![admin_id.clone()];
+    })
+    .await;
+    let admin = h.register("admin", "pw").await;
+    assert_eq!(admin.user_id, admin_id);
+    let alice = h.register("alice", "pw").await;
+    let notice = "/_myelin/admin/v1/server_notice";
+    assert_error(
+        &h.post(notice, Some(&alice.access_token), json!({"body": "hi"})).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    let (status, sent) = h.post(notice, Some(&admin.access_token), json!({"body": "Maintenance at 22:00"})).await;
+    assert_eq!((status, sent["sent"].as_i64()), (StatusCode::OK, Some(2)), "{sent}");
+    h.post(notice, Some(&admin.access_token), json!({"body": "Done", "user_id": alice.user_id})).await;
+
+    let synced = h.sync(&alice, None, 0, None).await;
+    let invites = synced["rooms"]["invite"].as_object().unwrap();
+    assert_eq!(invites.len(), 1, "{synced}");
+    let (room, _) = invites.iter().next().unwrap();
+    assert_eq!(h.membership(&alice, room, "join", None).await.0, StatusCode::OK);
+    let (_, page) =
+        h.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=10"), Some(&alice.access_token)).await;
+    let notices: Vec<_> =
+        page["chunk"].as_array().unwrap().iter().filter(|e| e["content"]["msgtype"] == "m.server_notice").collect();
+    assert_eq!(notices.len(), 2, "one room per user, reused: {page}");
+    assert_eq!(notices[0]["sender"], format!("@_server:{}", h.server_name()));
+    let tag = format!("/_matrix/client/v3/user/{}/rooms/{room}/account_data/m.tag", alice.user_id);
+    assert_eq!(h.get(&tag, Some(&alice.access_token)).await.1, json!({"tags": {"m.server_notice": {}}}));
 }

@@ -86,6 +86,23 @@ pub struct MessagesResponse {
     pub state: Option<Vec<Value>>,
 }
 
+/// `GET /context` response.
+#[derive(Debug, Object)]
+pub struct EventContext {
+    /// A token to paginate backwards from `events_before`.
+    pub start: String,
+    /// A token to paginate forwards from `events_after`.
+    pub end: String,
+    /// Events before the event, newest first.
+    pub events_before: Vec<Value>,
+    /// The event.
+    pub event: Value,
+    /// Events after the event, oldest first.
+    pub events_after: Vec<Value>,
+    /// The room state at the last event returned.
+    pub state: Vec<Value>,
+}
+
 /// `format` of the state endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
@@ -280,6 +297,64 @@ impl RoomEventsApi {
             return Err(not_found());
         }
         Ok(Json(pdu.to_client_event(true)))
+    }
+
+    /// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
+    ///
+    /// An event with the events around it, as the user may see them.
+    /// <https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv3roomsroomidcontexteventid>
+    #[oai(path = "/_matrix/client/v3/rooms/:roomId/context/:eventId", method = "get", operation_id = "getEventContext")]
+    async fn context(
+        &self,
+        state: Data<&AppState>,
+        user: AuthedUser,
+        /// The room.
+        #[oai(name = "roomId")]
+        room_id: Path<String>,
+        /// The event.
+        #[oai(name = "eventId")]
+        event_id: Path<String>,
+        /// How many events to return around it in total (default 10).
+        limit: Query<Option<i64>>,
+        /// A room event filter, as JSON.
+        filter: Query<Option<String>>,
+    ) -> ApiResult<Json<EventContext>> {
+        let room_id = parse_room(&room_id)?;
+        let filter = crate::sync::filter::RoomEventFilter::parse(filter.0.as_deref())?;
+        let not_found = || MatrixError::not_found("Event not found");
+        let stored =
+            state.storage.event(&event_id).await?.filter(|e| e.room_id == room_id.as_str()).ok_or_else(not_found)?;
+        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
+        let mut visibility = visibility::Filter::new(&state.storage, room_id.as_str(), &user.user_id).await?;
+        if !visibility.allows(&stored, &pdu).await? {
+            return Err(not_found());
+        }
+        let limit = limit.0.unwrap_or(10).clamp(0, MAX_PAGE);
+        let (before_limit, after_limit) = (limit / 2, limit - limit / 2);
+        let latest = state.storage.max_stream_ordering().await?;
+        let position = stored.stream_ordering;
+        let mut before =
+            state.storage.room_events_between(room_id.as_str(), 0, position - 1, before_limit.max(1), true).await?;
+        before.truncate(before_limit as usize);
+        before.reverse();
+        let mut after =
+            state.storage.room_events_between(room_id.as_str(), position, latest, after_limit.max(1), false).await?;
+        after.truncate(after_limit as usize);
+        let start = before.last().map_or(position - 1, |e| e.stream_ordering - 1);
+        let end = after.last().map_or(position, |e| e.stream_ordering);
+        let last_group = after.last().map_or(stored.state_group, |e| e.state_group);
+        let events_before = visible_events(before, &filter, &mut visibility).await?;
+        let events_after = visible_events(after, &filter, &mut visibility).await?;
+        let state_ids = state.storage.state_at_group(last_group).await?;
+        let state_events = load(&state, state_ids.values().cloned().collect()).await?;
+        Ok(Json(EventContext {
+            start: crate::sync::token::pagination(start),
+            end: crate::sync::token::pagination(end),
+            events_before,
+            event: pdu.to_client_event(true),
+            events_after,
+            state: state_events.iter().map(|(_, pdu)| pdu.to_client_event(true)).collect(),
+        }))
     }
 
     /// `GET /_matrix/client/v3/rooms/{roomId}/members`
@@ -503,6 +578,22 @@ async fn state_event(
         Some(StateFormat::Event) => pdu.to_client_event(true),
         _ => pdu.content_value(),
     }))
+}
+
+/// The events the filter passes and the user may see, in client format.
+async fn visible_events(
+    events: Vec<StoredEvent>,
+    filter: &crate::sync::filter::RoomEventFilter,
+    visibility: &mut visibility::Filter<'_>,
+) -> Result<Vec<Value>, MatrixError> {
+    let mut out = Vec::new();
+    for stored in events {
+        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
+        if filter.matches(&pdu) && visibility.allows(&stored, &pdu).await? {
+            out.push(pdu.to_client_event(true));
+        }
+    }
+    Ok(out)
 }
 
 /// Loads and parses events by ID.
