@@ -107,3 +107,57 @@ def test_register_login_whoami_profile_devices_logout(homeserver):
             await client.close()
 
     run(scenario())
+
+
+def test_rooms_messages_and_sync(homeserver):
+    url, server_name = homeserver
+    from nio import (
+        JoinResponse,
+        RoomCreateResponse,
+        RoomMessagesResponse,
+        RoomMessageText,
+        RoomRedactResponse,
+        RoomSendResponse,
+        SyncResponse,
+    )
+
+    async def scenario():
+        alice = AsyncClient(url, "nio_rooms_alice")
+        bob = AsyncClient(url, "nio_rooms_bob")
+        assert isinstance(await alice.register("nio_rooms_alice", "pw", "a"), RegisterResponse)
+        assert isinstance(await bob.register("nio_rooms_bob", "pw", "b"), RegisterResponse)
+
+        created = await alice.room_create(name="Interop", topic="nio meets myelin", invite=[bob.user_id])
+        assert isinstance(created, RoomCreateResponse), created
+        room_id = created.room_id
+
+        first = await bob.sync(timeout=0)
+        assert isinstance(first, SyncResponse), first
+        assert room_id in first.rooms.invite, first.rooms.invite
+        joined = await bob.join(room_id)
+        assert isinstance(joined, JoinResponse), joined
+
+        sent = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "hello from nio"})
+        assert isinstance(sent, RoomSendResponse), sent
+
+        update = await bob.sync(timeout=30000, since=first.next_batch)
+        assert isinstance(update, SyncResponse), update
+        timeline = update.rooms.join[room_id].timeline.events
+        texts = [e.body for e in timeline if isinstance(e, RoomMessageText)]
+        assert "hello from nio" in texts, timeline
+        # nio builds its room model from sync: name, topic and members came through.
+        room = bob.rooms[room_id]
+        assert room.name == "Interop" and room.topic == "nio meets myelin"
+        assert set(room.users) == {alice.user_id, bob.user_id}
+
+        history = await bob.room_messages(room_id, start=update.next_batch, limit=10)
+        assert isinstance(history, RoomMessagesResponse), history
+        assert any(isinstance(e, RoomMessageText) and e.body == "hello from nio" for e in history.chunk)
+
+        redacted = await alice.room_redact(room_id, sent.event_id, reason="test")
+        assert isinstance(redacted, RoomRedactResponse), redacted
+
+        for client in (alice, bob):
+            await client.close()
+
+    run(scenario())

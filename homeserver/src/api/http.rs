@@ -13,10 +13,6 @@ use super::error::{ErrCode, MatrixError};
 use super::uia::UiaError;
 use crate::state::AppState;
 
-/// Marks a request whose body was empty, to tell `M_NOT_JSON` from `M_BAD_JSON` later.
-#[derive(Clone, Copy)]
-struct EmptyBody;
-
 /// Wraps every request: answers `OPTIONS`, bounds and checks JSON bodies, turns errors into
 /// Matrix errors and adds CORS headers.
 pub async fn matrix_edge<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
@@ -27,13 +23,10 @@ pub async fn matrix_edge<E: Endpoint>(next: E, mut req: Request) -> poem::Result
     } else {
         match prepare_body(&mut req).await {
             Err(err) => err.into_response(),
-            Ok(()) => {
-                let empty_body = req.extensions().get::<EmptyBody>().is_some();
-                match next.call(req).await {
-                    Ok(resp) => resp.into_response(),
-                    Err(err) => error_response(err, empty_body),
-                }
-            }
+            Ok(()) => match next.call(req).await {
+                Ok(resp) => resp.into_response(),
+                Err(err) => error_response(err),
+            },
         }
     };
     let headers = response.headers_mut();
@@ -87,32 +80,24 @@ async fn prepare_body(req: &mut Request) -> Result<(), MatrixError> {
             format!("Could not read the request body: {other}"),
         ),
     })?;
-    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) && req.method() == Method::DELETE {
-        // HTTP libraries often drop DELETE bodies; the spec's DELETE bodies are all objects
-        // of optional fields, so an absent one means `{}`.
-        req.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        bytes::Bytes::from_static(b"{}")
-    } else {
-        bytes
-    };
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        req.extensions_mut().insert(EmptyBody);
-    } else {
-        if let Err(err) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-            return Err(MatrixError::new(
-                ErrCode::NotJson,
-                StatusCode::BAD_REQUEST,
-                format!("Content not JSON: {err}"),
-            ));
-        }
+        // Clients commonly send no body where every field is optional (join, leave, logout,
+        // DELETE requests, whose bodies many HTTP libraries drop): an absent body is `{}`.
+        // Endpoints with required fields then answer `M_BAD_JSON` naming the missing one.
         req.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        req.set_body(Body::from_bytes(bytes::Bytes::from_static(b"{}")));
+        return Ok(());
     }
+    if let Err(err) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        return Err(MatrixError::new(ErrCode::NotJson, StatusCode::BAD_REQUEST, format!("Content not JSON: {err}")));
+    }
+    req.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     req.set_body(Body::from_bytes(bytes));
     Ok(())
 }
 
 /// Maps any error that escaped an endpoint to a Matrix error response.
-fn error_response(err: poem::Error, empty_body: bool) -> Response {
+fn error_response(err: poem::Error) -> Response {
     if err.is::<MatrixError>() || err.is::<UiaError>() {
         return err.into_response();
     }
@@ -124,11 +109,7 @@ fn error_response(err: poem::Error, empty_body: bool) -> Response {
         || err.is::<ContentTypeError>()
         || err.is::<poem::error::ParseJsonError>()
     {
-        if empty_body {
-            MatrixError::new(ErrCode::NotJson, StatusCode::BAD_REQUEST, "This endpoint takes a JSON body")
-        } else {
-            MatrixError::bad_json(payload_reason(&err))
-        }
+        MatrixError::bad_json(payload_reason(&err))
     } else if let Some(param) = err.downcast_ref::<ParseParamError>() {
         // poem-openapi reports a missing parameter only through its message.
         if param.reason.contains("expects an input value") || param.reason.contains("required") {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod auth_rules;
 mod binary;
 mod devices;
 mod directory;

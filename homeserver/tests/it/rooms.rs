@@ -157,6 +157,16 @@ async fn private_rooms_need_invites_and_power(backend: TestBackend) {
     assert_eq!(h.membership(&carol, &trusted, "invite", Some(&bob.user_id)).await.0, StatusCode::OK);
     assert_eq!(h.membership(&carol, &trusted, "kick", Some(&bob.user_id)).await.0, StatusCode::OK);
 
+    // Clients often send no body at all to membership endpoints.
+    let bodyless = h
+        .http
+        .post(h.url(&format!("/_matrix/client/v3/rooms/{trusted}/leave")))
+        .bearer_auth(&bob.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(&decode(bodyless).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+
     // Leave, then forget.
     assert_error(
         &h.post(&format!("/_matrix/client/v3/rooms/{trusted}/forget"), Some(&carol.access_token), json!({})).await,
