@@ -106,21 +106,12 @@ impl Storage {
 
     /// A room, if this server knows it.
     pub async fn room(&self, room_id: &str) -> Result<Option<Room>> {
-        let row = sqlx::query("SELECT room_version, current_group, published FROM rooms WHERE room_id = $1")
-            .bind(room_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(Room { version: r.try_get(0)?, current_group: r.try_get(1)?, published: r.try_get::<i64, _>(2)? != 0 })
-        })
-        .transpose()
+        room_row(&self.pool, room_id).await
     }
 
     /// One event by ID.
     pub async fn event(&self, event_id: &str) -> Result<Option<StoredEvent>> {
-        let sql = "SELECT stream_ordering, event_id, room_id, state_group, json FROM events WHERE event_id = $1";
-        let row = sqlx::query(sql).bind(event_id).fetch_optional(&self.pool).await?;
-        row.as_ref().map(stored_event).transpose()
+        event_row(&self.pool, event_id).await
     }
 
     /// Events by ID, in no particular order; unknown IDs are skipped.
@@ -136,11 +127,7 @@ impl Storage {
 
     /// The current state of a room as event IDs.
     pub async fn current_state_ids(&self, room_id: &str) -> Result<StateIds> {
-        let rows = sqlx::query("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
-            .bind(room_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))).collect()
+        current_state_rows(&self.pool, room_id).await
     }
 
     /// One current state event.
@@ -273,27 +260,9 @@ impl Storage {
         Ok(events)
     }
 
-    /// Rooms that have events after stream position `after`.
-    pub async fn rooms_with_events_after(&self, after: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT DISTINCT room_id FROM events WHERE stream_ordering > $1")
-            .bind(after)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
-    }
-
     /// The event a client transaction produced, if it ran before.
     pub async fn txn_event(&self, txn: TxnKey<'_>) -> Result<Option<String>> {
-        let row = sqlx::query(
-            "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND endpoint = $3 AND txn_id = $4",
-        )
-        .bind(txn.user_id)
-        .bind(txn.device_id)
-        .bind(txn.endpoint)
-        .bind(txn.txn_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| Ok(r.try_get(0)?)).transpose()
+        txn_row(&self.pool, txn).await
     }
 
     /// Marks a room forgotten by a user (or remembered again).
@@ -320,14 +289,7 @@ impl Storage {
 impl RoomWrite {
     /// A room's version and current state group, read under the write lock.
     pub async fn room(&mut self, room_id: &str) -> Result<Option<Room>> {
-        let row = sqlx::query("SELECT room_version, current_group, published FROM rooms WHERE room_id = $1")
-            .bind(room_id)
-            .fetch_optional(&mut *self.tx)
-            .await?;
-        row.map(|r| {
-            Ok(Room { version: r.try_get(0)?, current_group: r.try_get(1)?, published: r.try_get::<i64, _>(2)? != 0 })
-        })
-        .transpose()
+        room_row(&mut *self.tx, room_id).await
     }
 
     /// Registers a new room (before its create event is appended).
@@ -345,21 +307,14 @@ impl RoomWrite {
 
     /// The current state as event IDs, under the write lock.
     pub async fn current_state_ids(&mut self, room_id: &str) -> Result<StateIds> {
-        let rows = sqlx::query("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
-            .bind(room_id)
-            .fetch_all(&mut *self.tx)
-            .await?;
-        rows.iter().map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))).collect()
+        current_state_rows(&mut *self.tx, room_id).await
     }
 
     /// Events by ID, under the write lock; unknown IDs are skipped.
     pub async fn events(&mut self, event_ids: &[&str]) -> Result<Vec<StoredEvent>> {
         let mut events = Vec::with_capacity(event_ids.len());
         for id in event_ids {
-            let sql = "SELECT stream_ordering, event_id, room_id, state_group, json FROM events WHERE event_id = $1";
-            if let Some(row) = sqlx::query(sql).bind(*id).fetch_optional(&mut *self.tx).await? {
-                events.push(stored_event(&row)?);
-            }
+            events.extend(event_row(&mut *self.tx, id).await?);
         }
         Ok(events)
     }
@@ -378,16 +333,7 @@ impl RoomWrite {
 
     /// The event a client transaction produced, under the write lock.
     pub async fn txn_event(&mut self, txn: TxnKey<'_>) -> Result<Option<String>> {
-        let row = sqlx::query(
-            "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND endpoint = $3 AND txn_id = $4",
-        )
-        .bind(txn.user_id)
-        .bind(txn.device_id)
-        .bind(txn.endpoint)
-        .bind(txn.txn_id)
-        .fetch_optional(&mut *self.tx)
-        .await?;
-        row.map(|r| Ok(r.try_get(0)?)).transpose()
+        txn_row(&mut *self.tx, txn).await
     }
 
     /// Appends an accepted event: stores it, advances the room's state and extremities, and
@@ -525,4 +471,47 @@ impl RoomWrite {
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+// Reads shared by the pool (`Storage`) and the write transaction (`RoomWrite`).
+
+async fn room_row<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, room_id: &str) -> Result<Option<Room>> {
+    let row = sqlx::query("SELECT room_version, current_group, published FROM rooms WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_optional(db)
+        .await?;
+    row.map(|r| {
+        Ok(Room { version: r.try_get(0)?, current_group: r.try_get(1)?, published: r.try_get::<i64, _>(2)? != 0 })
+    })
+    .transpose()
+}
+
+async fn event_row<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    event_id: &str,
+) -> Result<Option<StoredEvent>> {
+    let sql = "SELECT stream_ordering, event_id, room_id, state_group, json FROM events WHERE event_id = $1";
+    let row = sqlx::query(sql).bind(event_id).fetch_optional(db).await?;
+    row.as_ref().map(stored_event).transpose()
+}
+
+async fn current_state_rows<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, room_id: &str) -> Result<StateIds> {
+    let rows = sqlx::query("SELECT event_type, state_key, event_id FROM current_state WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_all(db)
+        .await?;
+    rows.iter().map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))).collect()
+}
+
+async fn txn_row<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, txn: TxnKey<'_>) -> Result<Option<String>> {
+    let row = sqlx::query(
+        "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND endpoint = $3 AND txn_id = $4",
+    )
+    .bind(txn.user_id)
+    .bind(txn.device_id)
+    .bind(txn.endpoint)
+    .bind(txn.txn_id)
+    .fetch_optional(db)
+    .await?;
+    row.map(|r| Ok(r.try_get(0)?)).transpose()
 }
