@@ -10,7 +10,8 @@ backend_tests!(
     long_poll_wakes_on_a_new_message,
     limited_timeline_paginates_back_exactly,
     invites_and_leaves,
-    filters
+    filters,
+    unread_counts_and_lazy_members
 );
 
 async fn initial_then_incremental(backend: TestBackend) {
@@ -171,4 +172,38 @@ async fn filters(backend: TestBackend) {
 fn event_kinds(room: &Value) -> Vec<String> {
     let section = |name: &str| room[name]["events"].as_array().cloned().unwrap_or_default();
     section("state").iter().chain(section("timeline").iter()).map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn unread_counts_and_lazy_members(backend: TestBackend) {
+    let h = Harness::start(backend).await;
+    let alice = h.register("alice", "pw").await;
+    let bob = h.register("bob", "pw").await;
+    let carol = h.register("carol", "pw").await;
+    let room = h.create_room(&alice, json!({"preset": "public_chat"})).await;
+    h.membership(&bob, &room, "join", None).await;
+    h.membership(&carol, &room, "join", None).await;
+    let (_, first) = h.send_text(&alice, &room, "hello all").await;
+    h.send_text(&alice, &room, "hey bob, look").await;
+    h.send_text(&bob, &room, "my own message").await;
+
+    let synced = h.sync(&bob, None, 0, None).await;
+    let counts = &synced["rooms"]["join"][&room]["unread_notifications"];
+    assert_eq!(counts, &json!({"highlight_count": 1, "notification_count": 2}));
+    let receipt = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", first["event_id"].as_str().unwrap());
+    h.post(&receipt, Some(&bob.access_token), json!({})).await;
+    let synced = h.sync(&bob, None, 0, None).await;
+    assert_eq!(synced["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 1);
+
+    // Lazy-loading members: only the timeline's senders (and the user) come in state.
+    let filter = json!({"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": true}}}).to_string();
+    let lazy = h.sync(&bob, None, 0, Some(&filter)).await;
+    let members: Vec<_> = lazy["rooms"]["join"][&room]["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(members, vec![bob.user_id.clone()], "carol and alice sent nothing in the timeline");
+    assert!(!members.contains(&carol.user_id));
 }

@@ -423,13 +423,14 @@ async fn joined_room(
     } else {
         Vec::new()
     };
-    let state_events = filter_state(state_events, &filter.room.state);
+    let state_events = filter_state(state_events, &filter.room.state, &timeline.events, &user.user_id);
+    let unread_notifications = unread(state, room_id, &user.user_id, position).await?;
     Ok(Some(JoinedRoom {
         state: EventList { events: state_events },
         timeline: timeline.into(),
         ephemeral: EventList { events: ephemeral },
         account_data: EventList { events: account_data },
-        unread_notifications: UnreadNotifications::default(),
+        unread_notifications,
         summary: summary(state, room_id, &user.user_id).await?,
     }))
 }
@@ -494,8 +495,52 @@ async fn presence_events(
     Ok(events)
 }
 
-fn filter_state(events: Vec<Value>, filter: &RoomEventFilter) -> Vec<Value> {
-    events.into_iter().filter(|e| filter.matches_type(e["type"].as_str().unwrap_or_default())).collect()
+/// Applies the state filter; with `lazy_load_members`, member events only of the timeline's
+/// senders and the user.
+fn filter_state(events: Vec<Value>, filter: &RoomEventFilter, timeline: &[Value], user_id: &str) -> Vec<Value> {
+    let senders: BTreeSet<&str> = timeline.iter().filter_map(|e| e["sender"].as_str()).chain([user_id]).collect();
+    events
+        .into_iter()
+        .filter(|e| filter.matches_type(e["type"].as_str().unwrap_or_default()))
+        .filter(|e| {
+            !filter.lazy_load_members
+                || e["type"] != "m.room.member"
+                || e["state_key"].as_str().is_some_and(|key| senders.contains(key))
+        })
+        .collect()
+}
+
+/// The most unread events looked at when counting; clients show "99+" beyond this anyway.
+const MAX_UNREAD_SCAN: i64 = 100;
+
+/// Unread counts after the user's read receipt, following the default push rules: messages
+/// from others notify, and highlight when they mention the user.
+async fn unread(
+    state: &AppState,
+    room_id: &str,
+    user_id: &str,
+    position: i64,
+) -> Result<UnreadNotifications, MatrixError> {
+    let read_up_to = state.storage.read_position(room_id, user_id).await?;
+    let events = state.storage.room_events_between(room_id, read_up_to, position, MAX_UNREAD_SCAN, true).await?;
+    let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default().to_lowercase();
+    let mut counts = UnreadNotifications::default();
+    for stored in &events {
+        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
+        let kind = pdu.kind.to_string();
+        if pdu.sender.as_str() == user_id || !matches!(kind.as_str(), "m.room.message" | "m.room.encrypted") {
+            continue;
+        }
+        counts.notification_count += 1;
+        let content = pdu.content_value();
+        let mentioned =
+            content["m.mentions"]["user_ids"].as_array().is_some_and(|ids| ids.iter().any(|id| id == user_id))
+                || content["body"].as_str().is_some_and(|body| body.to_lowercase().contains(&localpart));
+        if mentioned {
+            counts.highlight_count += 1;
+        }
+    }
+    Ok(counts)
 }
 
 /// The state just before the timeline's first event (the current state when the timeline is
