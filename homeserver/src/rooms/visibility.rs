@@ -50,43 +50,50 @@ async fn current_visibility(storage: &Storage, room_id: &str) -> Result<String, 
 pub struct Filter<'a> {
     storage: &'a Storage,
     user_id: &'a str,
-    currently_joined: bool,
-    by_group: HashMap<i64, bool>,
+    /// Stream positions at which the user joined the room.
+    joins: Vec<i64>,
+    by_group: HashMap<i64, (String, String)>,
 }
 
 impl<'a> Filter<'a> {
     /// A filter for `user_id` in `room_id`.
     pub async fn new(storage: &'a Storage, room_id: &str, user_id: &'a str) -> Result<Self, RoomError> {
-        let membership = storage.membership(room_id, user_id).await?;
-        let currently_joined = membership.is_some_and(|(m, _)| m == "join");
-        Ok(Self { storage, user_id, currently_joined, by_group: HashMap::new() })
+        let mut joins = Vec::new();
+        for stored in storage.member_events(room_id, user_id).await? {
+            let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?;
+            if pdu.content_str("membership").as_deref() == Some("join") {
+                joins.push(stored.stream_ordering);
+            }
+        }
+        Ok(Self { storage, user_id, joins, by_group: HashMap::new() })
     }
 
-    /// Whether the user may see `event`.
-    ///
-    /// The state after the event decides: `world_readable` shows it to anyone; a user joined
-    /// then sees it; `shared` shows it to current members; `invited` also to a user invited
-    /// then. A user always sees their own membership events.
+    /// Whether the user may see `event`, by the spec's rules applied to the state at the event:
+    /// `world_readable`; joined then; `shared` and joined at any point after; `invited` and
+    /// invited then. A user always sees their own membership events.
     pub async fn allows(&mut self, event: &StoredEvent, pdu: &Pdu) -> Result<bool, RoomError> {
         if pdu.state_key.as_deref() == Some(self.user_id) && pdu.kind == ruma_events::TimelineEventType::RoomMember {
             return Ok(true);
         }
-        if let Some(allowed) = self.by_group.get(&event.state_group) {
-            return Ok(*allowed);
-        }
-        let state = self.storage.state_at_group(event.state_group).await?;
-        let visibility = state_content(self.storage, &state, ("m.room.history_visibility", ""), "history_visibility")
-            .await?
-            .unwrap_or_else(|| "shared".into());
-        let membership = state_content(self.storage, &state, ("m.room.member", self.user_id), "membership")
-            .await?
-            .unwrap_or_default();
-        let allowed = visibility == "world_readable"
+        let (visibility, membership) = match self.by_group.get(&event.state_group) {
+            Some(known) => known.clone(),
+            None => {
+                let state = self.storage.state_at_group(event.state_group).await?;
+                let visibility =
+                    state_content(self.storage, &state, ("m.room.history_visibility", ""), "history_visibility")
+                        .await?
+                        .unwrap_or_else(|| "shared".into());
+                let membership = state_content(self.storage, &state, ("m.room.member", self.user_id), "membership")
+                    .await?
+                    .unwrap_or_default();
+                self.by_group.insert(event.state_group, (visibility.clone(), membership.clone()));
+                (visibility, membership)
+            }
+        };
+        Ok(visibility == "world_readable"
             || membership == "join"
-            || (visibility == "shared" && self.currently_joined)
-            || (visibility == "invited" && membership == "invite");
-        self.by_group.insert(event.state_group, allowed);
-        Ok(allowed)
+            || (visibility == "shared" && self.joins.iter().any(|&joined| joined > event.stream_ordering))
+            || (visibility == "invited" && membership == "invite"))
     }
 }
 

@@ -205,6 +205,19 @@ impl Storage {
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<Option<String>, _>(1)?.unwrap_or_default()))).collect()
     }
 
+    /// A user's membership events in a room, oldest first.
+    pub async fn member_events(&self, room_id: &str, user_id: &str) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT stream_ordering, event_id, room_id, state_group, json FROM events \
+             WHERE room_id = $1 AND event_type = 'm.room.member' AND state_key = $2 ORDER BY stream_ordering",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_event).collect()
+    }
+
     /// The state of a room as it was in `group`: the group's entries over those of its chain.
     pub async fn state_at_group(&self, group: i64) -> Result<StateIds> {
         // Walk the chain newest first, tracking distance, and keep the nearest entry per key.

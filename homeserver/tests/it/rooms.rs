@@ -292,7 +292,15 @@ async fn history_visibility_is_honoured(backend: TestBackend) {
     let (status, page) =
         h.get(&format!("/_matrix/client/v3/rooms/{shared}/messages?dir=b&limit=50"), Some(&carol.access_token)).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(!bodies(&page["chunk"]).contains(&"after carol left".to_owned()), "{page}");
+    let seen = bodies(&page["chunk"]);
+    assert!(!seen.contains(&"after carol left".to_owned()), "{page}");
+    assert!(seen.contains(&"history".to_owned()), "shared: she joined after it was sent: {page}");
+    // A user invited but never joined sees nothing of shared history.
+    let dave = h.register("dave", "pw").await;
+    h.membership(&alice, &shared, "invite", Some(&dave.user_id)).await;
+    let (status, page) =
+        h.get(&format!("/_matrix/client/v3/rooms/{shared}/messages?dir=b&limit=50"), Some(&dave.access_token)).await;
+    assert_error(&(status, page), StatusCode::FORBIDDEN, "M_FORBIDDEN");
 }
 
 async fn state_events_and_power_levels(backend: TestBackend) {
