@@ -224,7 +224,9 @@ impl Config {
         if let Some(url) = &self.database.url
             && !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
-            return invalid("database.url", format!("{url:?} is neither sqlite:… nor postgres://…"));
+            // Only the scheme: the URL may carry a password.
+            let scheme = url.split(':').next().unwrap_or_default();
+            return invalid("database.url", format!("scheme {scheme:?} is neither sqlite: nor postgres://"));
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1".to_owned());

@@ -20,6 +20,9 @@ pub async fn matrix_edge<E: Endpoint>(next: E, mut req: Request) -> poem::Result
     let mut response = if req.method() == Method::OPTIONS {
         // The spec: answer pre-flight requests without running the endpoint's logic.
         StatusCode::OK.into_response()
+    } else if req.uri().to_string().to_ascii_lowercase().contains("%00") {
+        // Identifiers never contain NUL, and PostgreSQL cannot store it in text.
+        MatrixError::invalid_param("Null characters are not allowed").into_response()
     } else {
         match prepare_body(&mut req).await {
             Err(err) => err.into_response(),
@@ -87,6 +90,9 @@ async fn prepare_body(req: &mut Request) -> Result<(), MatrixError> {
         req.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         req.set_body(Body::from_bytes(bytes::Bytes::from_static(b"{}")));
         return Ok(());
+    }
+    if bytes.windows(6).any(|w| w == b"\\u0000") {
+        return Err(MatrixError::bad_json("Null characters are not allowed in JSON strings"));
     }
     if let Err(err) = serde_json::from_slice::<serde_json::Value>(&bytes) {
         return Err(MatrixError::new(ErrCode::NotJson, StatusCode::BAD_REQUEST, format!("Content not JSON: {err}")));

@@ -46,7 +46,12 @@ fn level(value: Option<&serde_json::Value>, default: i64) -> i64 {
 impl PowerLevels {
     /// Computes the levels from the create event and the power levels event, if any.
     pub fn from_events(create: &Pdu, power_levels: Option<&Pdu>, rules: &RoomVersionRules) -> Self {
-        let mut creators = vec![create.sender.clone()];
+        // Only room versions that privilege creators (12+) give them unlimited power; before,
+        // the creator's level is whatever the power levels say.
+        let mut creators = Vec::new();
+        if rules.authorization.explicitly_privilege_room_creators {
+            creators.push(create.sender.clone());
+        }
         if rules.authorization.additional_room_creators
             && let Some(extra) = create.content_value().get("additional_creators").and_then(|v| v.as_array())
         {

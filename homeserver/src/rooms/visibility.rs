@@ -24,7 +24,10 @@ pub async fn state_view(storage: &Storage, room_id: &str, user_id: &str) -> Resu
     match storage.membership(room_id, user_id).await? {
         Some((membership, _)) if membership == "join" => return Ok(StateView::Current),
         Some((membership, event_id)) if membership == "leave" || membership == "ban" => {
-            if let Some(event) = storage.event(&event_id).await? {
+            // Only someone who was a member keeps a view of the room after leaving; a rejected
+            // invite or a ban before joining gives none.
+            let was_member = has_joined(storage, room_id, user_id).await?;
+            if was_member && let Some(event) = storage.event(&event_id).await? {
                 return Ok(StateView::AtGroup(event.state_group));
             }
         }
@@ -34,6 +37,18 @@ pub async fn state_view(storage: &Storage, room_id: &str, user_id: &str) -> Resu
         return Ok(StateView::Current);
     }
     Err(RoomError::Forbidden("you are not in this room".into()))
+}
+
+/// Whether the user has ever joined the room.
+async fn has_joined(storage: &Storage, room_id: &str, user_id: &str) -> Result<bool, RoomError> {
+    for stored in storage.member_events(room_id, user_id).await? {
+        if Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?.content_str("membership").as_deref()
+            == Some("join")
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 async fn current_visibility(storage: &Storage, room_id: &str) -> Result<String, RoomError> {

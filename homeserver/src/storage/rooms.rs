@@ -91,9 +91,10 @@ fn stored_event(row: &AnyRow) -> Result<StoredEvent> {
     })
 }
 
-/// A write transaction on rooms. Appends take their position from the `stream_head` row, whose
-/// lock orders commits by position (see the migration), so a sync that has seen position N has
-/// seen every change up to N.
+/// A write transaction on rooms, serialized with every other room write from its first read
+/// (the `stream_head` row lock on PostgreSQL, the write lock on SQLite): what it reads is what it
+/// builds on, and positions commit in order, so a sync that has seen position N has seen every
+/// change up to N.
 pub struct RoomWrite {
     tx: sqlx::Transaction<'static, sqlx::Any>,
 }
@@ -101,7 +102,14 @@ pub struct RoomWrite {
 impl Storage {
     /// Starts a room write transaction.
     pub async fn begin_room_write(&self) -> Result<RoomWrite> {
-        Ok(RoomWrite { tx: self.begin_write().await? })
+        let mut tx = self.begin_write().await?;
+        if self.backend == super::Backend::Postgres {
+            // Lock the stream row before reading anything: appends read the current state and
+            // the transaction IDs they then build on, so they must not interleave. (SQLite's
+            // `BEGIN IMMEDIATE` already gives this.)
+            sqlx::query("SELECT position FROM stream_head WHERE id = 0 FOR UPDATE").execute(&mut *tx).await?;
+        }
+        Ok(RoomWrite { tx })
     }
 
     /// A room, if this server knows it.

@@ -100,6 +100,10 @@ async fn unknown_endpoints_and_methods(backend: TestBackend) {
         StatusCode::METHOD_NOT_ALLOWED,
         "M_UNRECOGNIZED",
     );
+    // NUL cannot be part of an identifier (nor stored by PostgreSQL): refused, not a 500.
+    assert_error(&h.get("/_matrix/client/v3/profile/%00", None).await, StatusCode::BAD_REQUEST, "M_INVALID_PARAM");
+    let nul_body = raw(&h, "/_matrix/client/v3/login", Some("application/json"), r#"{"type": "a\u0000b"}"#).await;
+    assert_error(&nul_body, StatusCode::BAD_REQUEST, "M_BAD_JSON");
     // A path that does not decode to UTF-8 is a bad parameter, not a server error.
     let alice = h.register("alice", "pw").await;
     let invalid_utf8 = h.get("/_matrix/client/v3/devices/%FF", Some(&alice.access_token)).await;

@@ -227,6 +227,22 @@ async fn outsiders_can_neither_read_nor_send(backend: TestBackend) {
     let sync = h.sync(&mallory, None, 0, None).await;
     assert!(sync["rooms"]["join"].as_object().unwrap().is_empty(), "{sync}");
     assert_error(&h.send_text(&mallory, "!unknown:nowhere", "x").await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+
+    // Invited then rejected, never joined: no view of the room at all.
+    h.membership(&alice, &room, "invite", Some(&mallory.user_id)).await;
+    h.membership(&mallory, &room, "leave", None).await;
+    assert_error(
+        &h.get(&format!("/_matrix/client/v3/rooms/{room}/state"), m).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &h.get(&format!("/_matrix/client/v3/rooms/{room}/members"), m).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    let joined_members = format!("/_matrix/client/v3/rooms/{room}/joined_members");
+    assert_error(&h.get(&joined_members, m).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
 }
 
 async fn redaction_strips_content(backend: TestBackend) {

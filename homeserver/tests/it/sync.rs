@@ -3,6 +3,8 @@
 
 use myelin_homeserver::backend_tests;
 
+use std::collections::BTreeSet;
+
 use crate::support::*;
 
 backend_tests!(
@@ -117,8 +119,12 @@ async fn invites_and_leaves(backend: TestBackend) {
     let alice = h.register("alice", "pw").await;
     let bob = h.register("bob", "pw").await;
     let since = h.sync(&bob, None, 0, None).await["next_batch"].as_str().unwrap().to_owned();
-    let room =
-        h.create_room(&alice, json!({"preset": "private_chat", "name": "Invite only", "invite": [bob.user_id]})).await;
+    let carol = h.register("carol", "pw").await;
+    let room = h
+        .create_room(&alice, json!({"preset": "private_chat", "name": "Invite only", "invite": [carol.user_id]}))
+        .await;
+    h.membership(&carol, &room, "join", None).await;
+    h.membership(&alice, &room, "invite", Some(&bob.user_id)).await;
 
     let invited = h.sync(&bob, Some(&since), 0, None).await;
     let stripped = &invited["rooms"]["invite"][&room]["invite_state"]["events"];
@@ -126,6 +132,14 @@ async fn invites_and_leaves(backend: TestBackend) {
     assert!(kinds.contains(&"m.room.name") && kinds.contains(&"m.room.member"), "{kinds:?}");
     let own = stripped.as_array().unwrap().iter().find(|e| e["state_key"] == bob.user_id.as_str()).unwrap();
     assert_eq!(own["content"]["membership"], "invite");
+    let members: BTreeSet<_> = stripped
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, BTreeSet::from([alice.user_id.as_str(), bob.user_id.as_str()]), "only invitee and inviter");
     let since = invited["next_batch"].as_str().unwrap().to_owned();
 
     h.membership(&bob, &room, "join", None).await;
@@ -140,6 +154,33 @@ async fn invites_and_leaves(backend: TestBackend) {
     let last = events.as_array().unwrap().last().unwrap();
     assert_eq!((last["type"].as_str(), last["content"]["membership"].as_str()), (Some("m.room.member"), Some("leave")));
     assert!(left["rooms"]["join"].get(&room).is_none());
+
+    // Forgotten, then invited again: the new invite shows up.
+    let since = left["next_batch"].as_str().unwrap().to_owned();
+    h.post(&format!("/_matrix/client/v3/rooms/{room}/forget"), Some(&bob.access_token), json!({})).await;
+    h.membership(&alice, &room, "invite", Some(&bob.user_id)).await;
+    let again = h.sync(&bob, Some(&since), 0, None).await;
+    assert!(again["rooms"]["invite"].get(&room).is_some(), "{again}");
+
+    // A display name change is not a new join: the next sync stays incremental.
+    h.membership(&bob, &room, "join", None).await;
+    let since = h.sync(&bob, None, 0, None).await["next_batch"].as_str().unwrap().to_owned();
+    let member = format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/{}", bob.user_id);
+    let put = h.put(&member, Some(&bob.access_token), json!({"membership": "join", "displayname": "Bobby"})).await;
+    assert_eq!(put.0, StatusCode::OK, "{}", put.1);
+    let renamed = h.sync(&bob, Some(&since), 0, None).await;
+    let timeline = &renamed["rooms"]["join"][&room]["timeline"];
+    assert_eq!(timeline["events"].as_array().unwrap().len(), 1, "{renamed}");
+    assert_eq!(timeline["limited"], false);
+
+    // full_state: all the state, but the timeline stays incremental.
+    let since = renamed["next_batch"].as_str().unwrap().to_owned();
+    h.send_text(&alice, &room, "after").await;
+    let url = h.url(&format!("/_matrix/client/v3/sync?since={since}&full_state=true"));
+    let (_, full) = decode(h.http.get(url).bearer_auth(&bob.access_token).send().await.unwrap()).await;
+    let joined = &full["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]["events"]), ["after"]);
+    assert!(joined["state"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"));
 }
 
 async fn filters(backend: TestBackend) {

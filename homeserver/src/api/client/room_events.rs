@@ -342,9 +342,12 @@ impl RoomEventsApi {
         after.truncate(after_limit as usize);
         let start = before.last().map_or(position - 1, |e| e.stream_ordering - 1);
         let end = after.last().map_or(position, |e| e.stream_ordering);
-        let last_group = after.last().map_or(stored.state_group, |e| e.state_group);
-        let events_before = visible_events(before, &filter, &mut visibility).await?;
+        let events_before =
+            visible_events(before, &filter, &mut visibility).await?.into_iter().map(|(_, e)| e).collect();
         let events_after = visible_events(after, &filter, &mut visibility).await?;
+        // The state at the last event returned, which the user may see, so never past their view.
+        let last_group = events_after.last().map_or(stored.state_group, |(group, _)| *group);
+        let events_after = events_after.into_iter().map(|(_, e)| e).collect();
         let state_ids = state.storage.state_at_group(last_group).await?;
         let state_events = load(&state, state_ids.values().cloned().collect()).await?;
         Ok(Json(EventContext {
@@ -409,7 +412,11 @@ impl RoomEventsApi {
         room_id: Path<String>,
     ) -> ApiResult<Json<JoinedMembers>> {
         let room_id = parse_room(&room_id)?;
-        let ids = visible_state(&state, room_id.as_str(), &user.user_id).await?;
+        // The spec: only current members may list the joined members.
+        if state.storage.membership(room_id.as_str(), &user.user_id).await?.is_none_or(|(m, _)| m != "join") {
+            return Err(MatrixError::forbidden("You are not in this room"));
+        }
+        let ids = state.storage.current_state_ids(room_id.as_str()).await?;
         let member_ids =
             ids.iter().filter(|((kind, _), _)| kind == "m.room.member").map(|(_, id)| id.clone()).collect();
         let joined = load(&state, member_ids)
@@ -525,7 +532,7 @@ impl RoomEventsApi {
             }
         }
         let state_events = if filter.lazy_load_members {
-            let current = state.storage.current_state_ids(room_id.as_str()).await?;
+            let current = visible_state(&state, room_id.as_str(), &user.user_id).await?;
             let ids =
                 senders.iter().filter_map(|s| current.get(&("m.room.member".to_owned(), s.clone())).cloned()).collect();
             Some(load(&state, ids).await?.iter().map(|(_, pdu)| pdu.to_client_event(true)).collect())
@@ -580,17 +587,18 @@ async fn state_event(
     }))
 }
 
-/// The events the filter passes and the user may see, in client format.
+/// The events the filter passes and the user may see, in client format, with their state
+/// groups.
 async fn visible_events(
     events: Vec<StoredEvent>,
     filter: &crate::sync::filter::RoomEventFilter,
     visibility: &mut visibility::Filter<'_>,
-) -> Result<Vec<Value>, MatrixError> {
+) -> Result<Vec<(i64, Value)>, MatrixError> {
     let mut out = Vec::new();
     for stored in events {
         let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
         if filter.matches(&pdu) && visibility.allows(&stored, &pdu).await? {
-            out.push(pdu.to_client_event(true));
+            out.push((stored.state_group, pdu.to_client_event(true)));
         }
     }
     Ok(out)

@@ -203,8 +203,7 @@ impl SyncApi {
         let mut changes = state.notifier.subscribe();
         loop {
             changes.borrow_and_update();
-            let position = state.storage.max_stream_ordering().await?;
-            let response = compute(&state, &user, since, position, full_state, &filter).await?;
+            let response = compute(&state, &user, since, full_state, &filter).await?;
             let empty = response.rooms.join.is_empty()
                 && response.rooms.invite.is_empty()
                 && response.rooms.leave.is_empty()
@@ -288,10 +287,14 @@ async fn compute(
     state: &AppState,
     user: &AuthedUser,
     since: Option<i64>,
-    position: i64,
     full_state: bool,
     filter: &Filter,
 ) -> Result<SyncResponse, MatrixError> {
+    // Memberships first, the position after: a membership change that commits in between is
+    // then inside the range this response covers (its event is in the room's timeline), never
+    // lost between two syncs.
+    let memberships = state.storage.memberships_of(&user.user_id).await?;
+    let position = state.storage.max_stream_ordering().await?;
     let forgotten: BTreeSet<String> = state.storage.forgotten_rooms(&user.user_id).await?.into_iter().collect();
     let mut account_data: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for (room_id, kind, content) in
@@ -302,15 +305,23 @@ async fn compute(
     }
     let global_account_data = account_data.remove("").unwrap_or_default();
     let mut rooms = Rooms::default();
-    for (room_id, membership, membership_at) in state.storage.memberships_of(&user.user_id).await? {
-        if forgotten.contains(&room_id) || !filter.room.includes_room(&room_id) || membership_at > position {
+    for (room_id, membership, membership_at) in memberships {
+        let departed = membership == "leave" || membership == "ban";
+        if (departed && forgotten.contains(&room_id)) || !filter.room.includes_room(&room_id) {
             continue;
         }
-        let new_membership = since.is_none_or(|since| membership_at > since);
+        let new_membership = match since {
+            None => true,
+            Some(since) if membership_at <= since => false,
+            // Changed since: new unless it was already the same (a join that only updated the
+            // member's profile is not a new join).
+            Some(since) => membership_at_position(state, &room_id, &user.user_id, since).await? != membership,
+        };
         match membership.as_str() {
             "join" => {
-                // A room joined since the last sync is sent in full, like an initial sync.
-                let from = if full_state || new_membership { None } else { since };
+                // A room joined since the last sync is sent in full, like an initial sync;
+                // `full_state` adds the whole state but keeps the timeline incremental.
+                let from = if new_membership { None } else { since };
                 let room_account_data = account_data.remove(&room_id).unwrap_or_default();
                 let sections = RoomSections { since: from, position, full_state, account_data: room_account_data };
                 if let Some(joined) = joined_room(state, user, &room_id, sections, filter).await? {
@@ -318,7 +329,7 @@ async fn compute(
                 }
             }
             "invite" if new_membership => {
-                rooms.invite.insert(room_id.clone(), invited_room(state, &room_id).await?);
+                rooms.invite.insert(room_id.clone(), invited_room(state, &room_id, &user.user_id).await?);
             }
             "leave" | "ban" if new_membership && (since.is_some() || filter.room.include_leave) => {
                 let timeline =
@@ -423,7 +434,10 @@ async fn joined_room(
     } else {
         Vec::new()
     };
-    let state_events = filter_state(state_events, &filter.room.state, &timeline.events, &user.user_id);
+    let mut state_events = filter_state(state_events, &filter.room.state, &timeline.events, &user.user_id);
+    if filter.room.state.lazy_load_members {
+        lazy_members(state, room_id, &timeline, &mut state_events).await?;
+    }
     let unread_notifications = unread(state, room_id, &user.user_id, position).await?;
     Ok(Some(JoinedRoom {
         state: EventList { events: state_events },
@@ -510,6 +524,35 @@ fn filter_state(events: Vec<Value>, filter: &RoomEventFilter, timeline: &[Value]
         .collect()
 }
 
+/// With lazy-loaded members, the member event of each timeline sender that the state section
+/// does not carry yet (as of the timeline's start), so that the client can name every sender.
+async fn lazy_members(
+    state: &AppState,
+    room_id: &str,
+    timeline: &RoomTimeline,
+    state_events: &mut Vec<Value>,
+) -> Result<(), MatrixError> {
+    let Some(first) = &timeline.first else { return Ok(()) };
+    let present: BTreeSet<String> = state_events
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+        .collect();
+    let missing: BTreeSet<&str> =
+        timeline.events.iter().filter_map(|e| e["sender"].as_str()).filter(|s| !present.contains(*s)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let at_start = state_at_position(state, room_id, first.stream_ordering - 1).await?;
+    let ids: Vec<String> =
+        missing.iter().filter_map(|s| at_start.get(&("m.room.member".to_owned(), (*s).to_owned())).cloned()).collect();
+    for stored in state.storage.events(&ids).await? {
+        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
+        state_events.push(pdu.to_client_event(false));
+    }
+    Ok(())
+}
+
 /// The most unread events looked at when counting; clients show "99+" beyond this anyway.
 const MAX_UNREAD_SCAN: i64 = 100;
 
@@ -577,7 +620,7 @@ async fn state_at_position(state: &AppState, room_id: &str, at: i64) -> Result<S
     }
 }
 
-async fn invited_room(state: &AppState, room_id: &str) -> Result<InvitedRoom, MatrixError> {
+async fn invited_room(state: &AppState, room_id: &str, user_id: &str) -> Result<InvitedRoom, MatrixError> {
     let current = state.storage.current_state_ids(room_id).await?;
     let stripped_kinds = [
         "m.room.create",
@@ -593,17 +636,43 @@ async fn invited_room(state: &AppState, room_id: &str) -> Result<InvitedRoom, Ma
         .filter(|((kind, _), _)| stripped_kinds.contains(&kind.as_str()))
         .map(|(_, id)| id.clone())
         .collect();
-    // The inviter's and the invitee's member events, so the client can show who invited them.
-    ids.extend(current.iter().filter(|((kind, _), _)| kind == "m.room.member").map(|(_, id)| id.clone()));
+    let own_member = current.get(&("m.room.member".to_owned(), user_id.to_owned())).cloned();
+    ids.extend(own_member.clone());
     let mut events = Vec::new();
+    let mut inviter = None;
     for stored in state.storage.events(&ids).await? {
         let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
-        let relevant_member = pdu.content_str("membership").is_some_and(|m| m == "invite" || m == "join");
-        if pdu.kind != ruma_events::TimelineEventType::RoomMember || relevant_member {
+        if Some(&stored.event_id) == own_member.as_ref() {
+            inviter = Some(pdu.sender.to_string());
+        }
+        events.push(pdu.to_stripped_state());
+    }
+    // The inviter's member event, so the client can show who invited them; no other members.
+    if let Some(id) = inviter.and_then(|inviter| current.get(&("m.room.member".to_owned(), inviter)).cloned()) {
+        for stored in state.storage.events(&[id]).await? {
+            let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
             events.push(pdu.to_stripped_state());
         }
     }
     Ok(InvitedRoom { invite_state: EventList { events } })
+}
+
+/// The user's membership in a room as of stream position `at` (empty when none).
+async fn membership_at_position(
+    state: &AppState,
+    room_id: &str,
+    user_id: &str,
+    at: i64,
+) -> Result<String, MatrixError> {
+    let mut membership = String::new();
+    for stored in state.storage.member_events(room_id, user_id).await? {
+        if stored.stream_ordering > at {
+            break;
+        }
+        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
+        membership = pdu.content_str("membership").unwrap_or_default();
+    }
+    Ok(membership)
 }
 
 async fn summary(state: &AppState, room_id: &str, user_id: &str) -> Result<RoomSummary, MatrixError> {
