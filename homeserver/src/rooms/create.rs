@@ -69,6 +69,15 @@ pub async fn create_room(state: &AppState, creator: &UserId, new: NewRoom) -> Re
         }
         None => None,
     };
+    // Refuse what would fail half-way, before any event exists.
+    if let Some(remote) = new.invite.iter().find(|u| u.server_name().as_str() != server_name.as_str()) {
+        return Err(RoomError::Forbidden(format!(
+            "cannot invite {remote}: inviting users of other servers needs federation"
+        )));
+    }
+    let mut new = new;
+    new.invite.retain(|u| u != creator);
+    new.invite.dedup();
     let preset = new.preset.unwrap_or(if new.public { Preset::PublicChat } else { Preset::PrivateChat });
     let v12 = rules.authorization.explicitly_privilege_room_creators;
 

@@ -173,6 +173,30 @@ impl Storage {
         Ok(position)
     }
 
+    /// Ends a typing notice whose time ran out, unless it was renewed or stopped meanwhile;
+    /// returns the new stream position if it ended one.
+    pub async fn expire_typing(&self, room_id: &str, user_id: &str, expires_ts: i64) -> Result<Option<i64>> {
+        let mut tx = self.begin_write().await?;
+        let still = sqlx::query("SELECT 1 FROM typing WHERE room_id = $1 AND user_id = $2 AND expires_ts = $3")
+            .bind(room_id)
+            .bind(user_id)
+            .bind(expires_ts)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if still.is_none() {
+            return Ok(None);
+        }
+        let position = next_position(&mut tx).await?;
+        sqlx::query("UPDATE typing SET expires_ts = 0, stream_id = $1 WHERE room_id = $2 AND user_id = $3")
+            .bind(position)
+            .bind(room_id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(position))
+    }
+
     /// Whether typing in a room changed in `(after, until]`.
     pub async fn typing_changed(&self, room_id: &str, after: i64, until: i64) -> Result<bool> {
         let row = sqlx::query("SELECT 1 FROM typing WHERE room_id = $1 AND stream_id > $2 AND stream_id <= $3 LIMIT 1")

@@ -76,6 +76,15 @@ async fn typing_and_receipts(backend: TestBackend) {
     let ephemeral = &synced["rooms"]["join"][&room]["ephemeral"]["events"];
     assert_eq!(ephemeral[0], json!({"type": "m.typing", "content": {"user_ids": []}}));
 
+    // A notice that times out ends by itself, and waiting syncs hear of it.
+    let since = synced["next_batch"].as_str().unwrap().to_owned();
+    h.put(&typing, Some(&alice.access_token), json!({"typing": true, "timeout": 300})).await;
+    let started = h.sync(&bob, Some(&since), 0, None).await;
+    let since = started["next_batch"].as_str().unwrap().to_owned();
+    let ended = h.sync(&bob, Some(&since), 30_000, None).await;
+    let ephemeral = &ended["rooms"]["join"][&room]["ephemeral"]["events"];
+    assert_eq!(ephemeral[0], json!({"type": "m.typing", "content": {"user_ids": []}}), "{ended}");
+
     // Read markers: the fully-read marker lands in room account data.
     let markers = json!({"m.fully_read": event_id, "m.read": event_id});
     assert_eq!(

@@ -117,6 +117,13 @@ async fn room_versions_and_creation_errors(backend: TestBackend) {
         StatusCode::UNAUTHORIZED,
         "M_MISSING_TOKEN",
     );
+    // A remote invitee is refused before anything is created.
+    let remote = json!({"name": "Half", "invite": ["@bob:elsewhere.example"]});
+    assert_error(&h.post("/_matrix/client/v3/createRoom", t, remote).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let (_, rooms) = h.get("/_matrix/client/v3/joined_rooms", t).await;
+    assert_eq!(rooms["joined_rooms"].as_array().unwrap().len(), 4, "no half-built room: {rooms}");
+    // Inviting oneself is ignored rather than failing half-way.
+    h.create_room(&alice, json!({"invite": [alice.user_id]})).await;
 }
 
 async fn private_rooms_need_invites_and_power(backend: TestBackend) {

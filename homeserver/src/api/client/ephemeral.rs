@@ -80,6 +80,19 @@ impl EphemeralApi {
         let expires = body.typing.then(|| now_ms() + i64::try_from(timeout).unwrap_or(0));
         let position = state.storage.set_typing(room_id.as_str(), &user.user_id, expires).await?;
         state.notify(position);
+        if let Some(expires) = expires {
+            // Other users' clients learn that the notice ended when it times out, not only
+            // when the typist says so.
+            let (state, room_id, user_id) = (state.clone(), room_id.to_string(), user.user_id.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(timeout)).await;
+                match state.storage.expire_typing(&room_id, &user_id, expires).await {
+                    Ok(Some(position)) => state.notify(position),
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(error = %err, "could not expire a typing notice"),
+                }
+            });
+        }
         Ok(Json(Empty {}))
     }
 
