@@ -69,6 +69,7 @@ pub enum Backend {
 pub struct Storage {
     pool: AnyPool,
     backend: Backend,
+    sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -100,7 +101,7 @@ impl Storage {
             Backend::Postgres => &POSTGRES_MIGRATOR,
         };
         migrator.run(&pool).await.map_err(|e| Error::Backend(e.into()))?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, sqlite_writer: Default::default() })
     }
 
     /// Which engine this is.
@@ -115,14 +116,47 @@ impl Storage {
 
     /// Starts a transaction that will write.
     ///
-    /// On SQLite a plain `BEGIN` takes the write lock only at the first write, and a
-    /// transaction that read first then fails with `SQLITE_BUSY` instead of waiting when
-    /// another writer got in between; `BEGIN IMMEDIATE` takes the lock up front and waits.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    /// SQLite allows one writer at a time. Writers of this process queue on an async mutex
+    /// first, in arrival order, instead of meeting in SQLite's busy handler, which retries with
+    /// sleeps and turns contention into long latency tails. Then `BEGIN IMMEDIATE` takes the
+    /// write lock up front, so a transaction that reads before it writes cannot fail with
+    /// `SQLITE_BUSY` halfway.
+    async fn begin_write(&self) -> Result<WriteTx> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => {
+                let guard = self.sqlite_writer.clone().lock_owned().await;
+                WriteTx { tx: self.pool.begin_with("BEGIN IMMEDIATE").await?, _writer: Some(guard) }
+            }
+            Backend::Postgres => WriteTx { tx: self.pool.begin().await?, _writer: None },
         })
+    }
+}
+
+/// A write transaction; on SQLite it also holds this process's writer slot until it ends.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commits the transaction (and frees the writer slot).
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
     }
 }
 

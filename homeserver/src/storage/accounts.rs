@@ -223,11 +223,7 @@ impl Storage {
     }
 }
 
-async fn record_login(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    user_id: &str,
-    login: &NewLogin<'_>,
-) -> Result<()> {
+async fn record_login(tx: &mut super::WriteTx, user_id: &str, login: &NewLogin<'_>) -> Result<()> {
     // An existing device keeps its display name; only its tokens are replaced.
     sqlx::query(
         "INSERT INTO devices (user_id, device_id, display_name, last_seen_ip, last_seen_ts, created_ts) \

@@ -96,7 +96,7 @@ fn stored_event(row: &AnyRow) -> Result<StoredEvent> {
 /// builds on, and positions commit in order, so a sync that has seen position N has seen every
 /// change up to N.
 pub struct RoomWrite {
-    tx: sqlx::Transaction<'static, sqlx::Any>,
+    tx: super::WriteTx,
 }
 
 impl Storage {
@@ -124,10 +124,21 @@ impl Storage {
 
     /// Events by ID, in no particular order; unknown IDs are skipped.
     pub async fn events(&self, event_ids: &[String]) -> Result<Vec<StoredEvent>> {
+        // One query per chunk rather than per event; the chunk bounds the placeholder count.
         let mut events = Vec::with_capacity(event_ids.len());
-        for id in event_ids {
-            if let Some(event) = self.event(id).await? {
-                events.push(event);
+        for chunk in event_ids.chunks(256) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
+            // Only generated placeholders are interpolated; the IDs are bound.
+            let sql = format!(
+                "SELECT stream_ordering, event_id, room_id, state_group, json FROM events WHERE event_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                events.push(stored_event(&row)?);
             }
         }
         Ok(events)

@@ -7,7 +7,7 @@ use super::{Result, Storage};
 
 /// Takes the next stream position inside a write transaction. The `stream_head` row stays
 /// locked until the transaction ends, so positions commit in order.
-pub(crate) async fn next_position(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<i64> {
+pub(crate) async fn next_position(tx: &mut super::WriteTx) -> Result<i64> {
     let row = sqlx::query("UPDATE stream_head SET position = position + 1 WHERE id = 0 RETURNING position")
         .fetch_one(&mut **tx)
         .await?;
