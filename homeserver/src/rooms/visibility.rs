@@ -67,6 +67,9 @@ pub struct Filter<'a> {
     user_id: &'a str,
     /// Stream positions at which the user joined the room.
     joins: Vec<i64>,
+    /// The user is joined now and the room's history has only ever been `shared` or
+    /// `world_readable`: then the rules allow every event, and no per-event lookup is needed.
+    sees_everything: bool,
     by_group: HashMap<i64, (String, String)>,
 }
 
@@ -80,14 +83,25 @@ impl<'a> Filter<'a> {
                 joins.push(stored.stream_ordering);
             }
         }
-        Ok(Self { storage, user_id, joins, by_group: HashMap::new() })
+        let currently_joined = storage.membership(room_id, user_id).await?.is_some_and(|(m, _)| m == "join");
+        let mut always_shared = true;
+        for stored in storage.history_visibility_events(room_id).await? {
+            let visibility =
+                Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?.content_str("history_visibility");
+            always_shared &= matches!(visibility.as_deref(), Some("shared" | "world_readable"));
+        }
+        let sees_everything = currently_joined && always_shared;
+        Ok(Self { storage, user_id, joins, sees_everything, by_group: HashMap::new() })
     }
 
     /// Whether the user may see `event`, by the spec's rules applied to the state at the event:
     /// `world_readable`; joined then; `shared` and joined at any point after; `invited` and
     /// invited then. A user always sees their own membership events.
     pub async fn allows(&mut self, event: &StoredEvent, pdu: &Pdu) -> Result<bool, RoomError> {
-        if pdu.state_key.as_deref() == Some(self.user_id) && pdu.kind == ruma_events::TimelineEventType::RoomMember {
+        if self.sees_everything
+            || (pdu.state_key.as_deref() == Some(self.user_id)
+                && pdu.kind == ruma_events::TimelineEventType::RoomMember)
+        {
             return Ok(true);
         }
         let (visibility, membership) = match self.by_group.get(&event.state_group) {

@@ -224,6 +224,18 @@ impl Storage {
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<Option<String>, _>(1)?.unwrap_or_default()))).collect()
     }
 
+    /// Every `m.room.history_visibility` event a room ever had, oldest first.
+    pub async fn history_visibility_events(&self, room_id: &str) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT stream_ordering, event_id, room_id, state_group, json FROM events \
+             WHERE room_id = $1 AND event_type = 'm.room.history_visibility' ORDER BY stream_ordering",
+        )
+        .bind(room_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(stored_event).collect()
+    }
+
     /// A user's membership events in a room, oldest first.
     pub async fn member_events(&self, room_id: &str, user_id: &str) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(
