@@ -130,18 +130,23 @@ async fn authorize(
     current: &StateIds,
     rules: &ruma_common::room_version_rules::RoomVersionRules,
 ) -> Result<(), RoomError> {
-    // Everything the rules may look at: the event's auth events and the current state of the
-    // kinds that affect authorization.
+    // Everything the rules may look at: the event's auth events, and from the current state the
+    // create, power levels and join rules events, third-party invites, and the member events of
+    // the sender, the target and a restricted join's authorising user — not every member.
+    let content = pdu.content_value();
+    let members: Vec<&str> =
+        [Some(pdu.sender.as_str()), pdu.state_key.as_deref(), content["join_authorised_via_users_server"].as_str()]
+            .into_iter()
+            .flatten()
+            .collect();
     let mut wanted: Vec<&str> = pdu.auth_events.iter().map(|id| id.as_str()).collect();
-    for ((kind, _), id) in current {
-        if matches!(
-            kind.as_str(),
-            "m.room.create"
-                | "m.room.power_levels"
-                | "m.room.join_rules"
-                | "m.room.member"
-                | "m.room.third_party_invite"
-        ) {
+    for ((kind, key), id) in current {
+        let relevant = match kind.as_str() {
+            "m.room.create" | "m.room.power_levels" | "m.room.join_rules" | "m.room.third_party_invite" => true,
+            "m.room.member" => members.contains(&key.as_str()),
+            _ => false,
+        };
+        if relevant {
             wanted.push(id);
         }
     }
