@@ -108,11 +108,6 @@ impl SigningKey {
         STANDARD_NO_PAD.encode(self.key.verifying_key().as_bytes())
     }
 
-    /// The 32-byte seed.
-    pub fn seed(&self) -> [u8; 32] {
-        self.key.to_bytes()
-    }
-
     /// The key as ruma-signatures' signer, for events and federation requests.
     pub fn ruma_key_pair(&self) -> Result<ruma_signatures::Ed25519KeyPair, ruma_signatures::Ed25519KeyPairParseError> {
         // A PKCS#8 v1 document for an Ed25519 key (RFC 8410): a fixed header, then the seed.
@@ -167,7 +162,7 @@ mod tests {
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
         let debug = format!("{first:?}");
-        assert!(!debug.contains(&STANDARD_NO_PAD.encode(first.seed())));
+        assert!(!debug.contains(&STANDARD_NO_PAD.encode(first.key.to_bytes())));
     }
 
     /// The spec's cryptographic test vectors (appendices, "JSON Signing").

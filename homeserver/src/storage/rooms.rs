@@ -304,11 +304,6 @@ impl Storage {
         Ok(events)
     }
 
-    /// The event a client transaction produced, if it ran before.
-    pub async fn txn_event(&self, txn: TxnKey<'_>) -> Result<Option<String>> {
-        txn_row(&self.pool, txn).await
-    }
-
     /// Marks a room forgotten by a user (or remembered again).
     pub async fn set_forgotten(&self, user_id: &str, room_id: &str, forgotten: bool) -> Result<()> {
         let sql = if forgotten {
