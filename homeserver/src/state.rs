@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::crypto::SigningKey;
 use crate::rate_limit::Limiters;
+use crate::rooms::timeline::Writer;
 use crate::storage::Storage;
 
 /// Everything a request handler may need. Cheap to clone.
@@ -19,31 +20,40 @@ pub struct Inner {
     /// The database.
     pub storage: Storage,
     /// The server's signing key.
-    pub signing_key: SigningKey,
+    pub signing_key: Arc<SigningKey>,
     /// Request rate limits.
     pub limits: Limiters,
     /// The latest event stream position; waiting syncs watch it.
-    pub notifier: tokio::sync::watch::Sender<i64>,
+    pub notifier: Arc<tokio::sync::watch::Sender<i64>>,
+    /// Appends events to rooms, in groups.
+    pub writer: Writer,
 }
 
 impl AppState {
-    /// Bundles the parts.
+    /// Bundles the parts and starts the event writer (so: within a Tokio runtime).
     pub fn new(config: Config, storage: Storage, signing_key: SigningKey, stream_position: i64) -> Self {
         let limits = Limiters::new(&config.rate_limits);
-        let notifier = tokio::sync::watch::Sender::new(stream_position);
-        Self(Arc::new(Inner { config, storage, signing_key, limits, notifier }))
+        let notifier = Arc::new(tokio::sync::watch::Sender::new(stream_position));
+        let signing_key = Arc::new(signing_key);
+        let writer = Writer::start(storage.clone(), signing_key.clone(), notifier.clone());
+        Self(Arc::new(Inner { config, storage, signing_key, limits, notifier, writer }))
     }
 }
 
 impl AppState {
     /// Wakes waiting syncs after a change committed at stream `position`.
     pub fn notify(&self, position: i64) {
-        self.notifier.send_if_modified(|latest| {
-            let newer = position > *latest;
-            *latest = (*latest).max(position);
-            newer
-        });
+        notify(&self.notifier, position);
     }
+}
+
+/// Publishes stream `position` unless a later one was published already.
+pub fn notify(notifier: &tokio::sync::watch::Sender<i64>, position: i64) {
+    notifier.send_if_modified(|latest| {
+        let newer = position > *latest;
+        *latest = (*latest).max(position);
+        newer
+    });
 }
 
 impl std::ops::Deref for AppState {

@@ -39,6 +39,9 @@ pub enum Error {
     /// The database failed.
     #[error("database error: {0}")]
     Backend(#[from] sqlx::Error),
+    /// The transaction this write belonged to failed (the cause is logged where it happened).
+    #[error("write aborted: {0}")]
+    Aborted(String),
     /// Stored data could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

@@ -247,7 +247,7 @@ impl From<storage::Error> for MatrixError {
             storage::Error::Conflict { constraint } => {
                 Self::new(ErrCode::Unknown, StatusCode::CONFLICT, format!("Conflict on {constraint}"))
             }
-            storage::Error::Backend(_) | storage::Error::Corrupt(_) => {
+            storage::Error::Backend(_) | storage::Error::Corrupt(_) | storage::Error::Aborted(_) => {
                 tracing::error!(error = %err, "storage failure");
                 Self::internal()
             }

@@ -9,7 +9,6 @@ use serde::Deserialize;
 
 use super::RoomError;
 use super::pdu::Pdu;
-use crate::storage::RoomWrite;
 
 /// The effective power levels of a room.
 #[derive(Debug, Clone)]
@@ -77,26 +76,6 @@ impl PowerLevels {
             state_default: level(content.state_default.as_ref(), 50),
             creators,
         }
-    }
-
-    /// Loads the current levels of a room under the write lock.
-    pub async fn load(write: &mut RoomWrite, room_id: &str, rules: &RoomVersionRules) -> Result<Self, RoomError> {
-        let current = write.current_state_ids(room_id).await?;
-        let id = |kind: &str| current.get(&(kind.to_owned(), String::new())).map(String::as_str);
-        let create_id = id("m.room.create").ok_or(RoomError::NotFound)?;
-        let mut ids = vec![create_id];
-        ids.extend(id("m.room.power_levels"));
-        let events = write.events(&ids).await?;
-        let parse = |event_id: &str| {
-            events
-                .iter()
-                .find(|e| e.event_id == event_id)
-                .map(|e| Pdu::from_json(&e.event_id, &e.room_id, &e.json))
-                .transpose()
-        };
-        let create = parse(create_id)?.ok_or(RoomError::NotFound)?;
-        let power_levels = id("m.room.power_levels").map(parse).transpose()?.flatten();
-        Ok(Self::from_events(&create, power_levels.as_ref(), rules))
     }
 
     /// The level needed to send a state event of `kind`.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Error, Result, Storage, on_conflict};
+use super::{Result, Storage, on_conflict};
 
 /// A new group is a full snapshot once a delta chain reaches this length, bounding the work of
 /// reading the state at any event while keeping storage proportional to state changes.
@@ -97,19 +97,25 @@ fn stored_event(row: &AnyRow) -> Result<StoredEvent> {
 /// change up to N.
 pub struct RoomWrite {
     tx: super::WriteTx,
+    /// The stream head as read under the lock, and the last position handed out since: one
+    /// write of `stream_head` at commit instead of one per event.
+    head: i64,
+    last: i64,
 }
 
 impl Storage {
     /// Starts a room write transaction.
     pub async fn begin_room_write(&self) -> Result<RoomWrite> {
         let mut tx = self.begin_write().await?;
-        if self.backend == super::Backend::Postgres {
+        let lock = match self.backend {
             // Lock the stream row before reading anything: appends read the current state and
             // the transaction IDs they then build on, so they must not interleave. (SQLite's
             // `BEGIN IMMEDIATE` already gives this.)
-            sqlx::query("SELECT position FROM stream_head WHERE id = 0 FOR UPDATE").execute(&mut *tx).await?;
-        }
-        Ok(RoomWrite { tx })
+            super::Backend::Postgres => "SELECT position FROM stream_head WHERE id = 0 FOR UPDATE",
+            super::Backend::Sqlite => "SELECT position FROM stream_head WHERE id = 0",
+        };
+        let head: i64 = sqlx::query(lock).fetch_one(&mut *tx).await?.try_get(0)?;
+        Ok(RoomWrite { tx, head, last: head })
     }
 
     /// A room, if this server knows it.
@@ -124,22 +130,9 @@ impl Storage {
 
     /// Events by ID, in no particular order; unknown IDs are skipped.
     pub async fn events(&self, event_ids: &[String]) -> Result<Vec<StoredEvent>> {
-        // One query per chunk rather than per event; the chunk bounds the placeholder count.
         let mut events = Vec::with_capacity(event_ids.len());
-        for chunk in event_ids.chunks(256) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|n| format!("${n}")).collect();
-            // Only generated placeholders are interpolated; the IDs are bound.
-            let sql = format!(
-                "SELECT stream_ordering, event_id, room_id, state_group, json FROM events WHERE event_id IN ({})",
-                placeholders.join(", ")
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(id);
-            }
-            for row in query.fetch_all(&self.pool).await? {
-                events.push(stored_event(&row)?);
-            }
+        for chunk in event_ids.chunks(EVENTS_PER_QUERY) {
+            events.extend(events_by_id(&self.pool, chunk).await?);
         }
         Ok(events)
     }
@@ -352,8 +345,8 @@ impl RoomWrite {
     /// Events by ID, under the write lock; unknown IDs are skipped.
     pub async fn events(&mut self, event_ids: &[&str]) -> Result<Vec<StoredEvent>> {
         let mut events = Vec::with_capacity(event_ids.len());
-        for id in event_ids {
-            events.extend(event_row(&mut *self.tx, id).await?);
+        for chunk in event_ids.chunks(EVENTS_PER_QUERY) {
+            events.extend(events_by_id(&mut *self.tx, chunk).await?);
         }
         Ok(events)
     }
@@ -375,11 +368,17 @@ impl RoomWrite {
         txn_row(&mut *self.tx, txn).await
     }
 
-    /// Appends an accepted event: stores it, advances the room's state and extremities, and
-    /// remembers the client transaction. Returns the event's stream position.
-    pub async fn append(&mut self, event: NewEvent<'_>, txn: Option<TxnKey<'_>>, now: i64) -> Result<i64> {
-        let room = self.room(event.room_id).await?.ok_or(Error::NotFound)?;
-        let mut group = room.current_group;
+    /// Appends an accepted event on top of the room's current state group: stores it, advances
+    /// the room's state and extremities, and remembers the client transaction. Returns the
+    /// event's stream position and the room's state group after it.
+    pub async fn append(
+        &mut self,
+        event: NewEvent<'_>,
+        current_group: i64,
+        txn: Option<TxnKey<'_>>,
+        now: i64,
+    ) -> Result<(i64, i64)> {
+        let mut group = current_group;
         if let Some(state_key) = event.state_key {
             sqlx::query(
                 "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership) VALUES ($1, $2, $3, $4, $5) \
@@ -393,7 +392,7 @@ impl RoomWrite {
             .execute(&mut *self.tx)
             .await?;
             group = self
-                .new_state_group(event.room_id, room.current_group, (event.event_type, state_key, event.event_id))
+                .new_state_group(event.room_id, current_group, (event.event_type, state_key, event.event_id))
                 .await?;
             sqlx::query("UPDATE rooms SET current_group = $1 WHERE room_id = $2")
                 .bind(group)
@@ -401,7 +400,8 @@ impl RoomWrite {
                 .execute(&mut *self.tx)
                 .await?;
         }
-        let stream_ordering = super::streams::next_position(&mut self.tx).await?;
+        self.last += 1;
+        let stream_ordering = self.last;
         sqlx::query(
             "INSERT INTO events (stream_ordering, event_id, room_id, event_type, state_key, sender, origin_server_ts, depth, state_group, json) \
              VALUES ($10, $1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -445,7 +445,7 @@ impl RoomWrite {
             .await
             .map_err(on_conflict("event_txns"))?;
         }
-        Ok(stream_ordering)
+        Ok((stream_ordering, group))
     }
 
     /// Replaces a stored event's JSON with its redacted form.
@@ -505,10 +505,16 @@ impl RoomWrite {
         Ok(group)
     }
 
-    /// Commits the transaction.
-    pub async fn commit(self) -> Result<()> {
+    /// Commits the transaction; returns the stream position after it.
+    pub async fn commit(mut self) -> Result<i64> {
+        if self.last != self.head {
+            sqlx::query("UPDATE stream_head SET position = $1 WHERE id = 0")
+                .bind(self.last)
+                .execute(&mut *self.tx)
+                .await?;
+        }
         self.tx.commit().await?;
-        Ok(())
+        Ok(self.last)
     }
 }
 
@@ -532,6 +538,30 @@ async fn event_row<'e>(
     let sql = "SELECT stream_ordering, event_id, room_id, state_group, json FROM events WHERE event_id = $1";
     let row = sqlx::query(sql).bind(event_id).fetch_optional(db).await?;
     row.as_ref().map(stored_event).transpose()
+}
+
+/// Bounds the placeholders of one `IN (…)` query.
+const EVENTS_PER_QUERY: usize = 256;
+
+/// One query for many events rather than one per event.
+async fn events_by_id<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    event_ids: &[impl AsRef<str>],
+) -> Result<Vec<StoredEvent>> {
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let placeholders: Vec<String> = (1..=event_ids.len()).map(|n| format!("${n}")).collect();
+    // Only generated placeholders are interpolated; the IDs are bound.
+    let sql = format!(
+        "SELECT stream_ordering, event_id, room_id, state_group, json FROM events WHERE event_id IN ({})",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in event_ids {
+        query = query.bind(id.as_ref());
+    }
+    query.fetch_all(db).await?.iter().map(stored_event).collect()
 }
 
 async fn current_state_rows<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, room_id: &str) -> Result<StateIds> {

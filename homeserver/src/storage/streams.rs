@@ -270,4 +270,48 @@ impl Storage {
         .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
+
+    /// Presence changes in `(after, until]` of users who share a joined room with `user_id`
+    /// (the user included).
+    pub async fn presence_changes(&self, user_id: &str, after: i64, until: i64) -> Result<Vec<Presence>> {
+        let rows = sqlx::query(
+            "SELECT user_id, presence, status_msg, last_active_ts, stream_id FROM presence \
+             WHERE stream_id > $2 AND stream_id <= $3 AND user_id IN ( \
+                 SELECT other.state_key FROM current_state mine \
+                 JOIN current_state other ON other.room_id = mine.room_id \
+                 WHERE mine.event_type = 'm.room.member' AND mine.state_key = $1 AND mine.membership = 'join' \
+                 AND other.event_type = 'm.room.member' AND other.membership = 'join') \
+             ORDER BY user_id",
+        )
+        .bind(user_id)
+        .bind(after)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Presence {
+                    user_id: r.try_get(0)?,
+                    presence: r.try_get(1)?,
+                    status_msg: r.try_get(2)?,
+                    last_active_ts: r.try_get(3)?,
+                    stream_id: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Rooms with events, typing or receipt changes in `(after, until]`.
+    pub async fn rooms_changed(&self, after: i64, until: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT room_id FROM events WHERE stream_ordering > $1 AND stream_ordering <= $2 \
+             UNION SELECT room_id FROM typing WHERE stream_id > $1 AND stream_id <= $2 \
+             UNION SELECT room_id FROM receipts WHERE stream_id > $1 AND stream_id <= $2",
+        )
+        .bind(after)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
 }

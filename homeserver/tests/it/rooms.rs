@@ -14,6 +14,7 @@ backend_tests!(
     state_events_and_power_levels,
     event_context,
     server_notices_reach_every_user,
+    concurrent_appends_commit_together,
 );
 
 async fn create_send_and_read_back(backend: TestBackend) {
@@ -435,4 +436,70 @@ async fn server_notices_reach_every_user(backend: TestBackend) {
     assert_eq!(notices[0]["sender"], format!("@_server:{}", h.server_name()));
     let tag = format!("/_matrix/client/v3/user/{}/rooms/{room}/account_data/m.tag", alice.user_id);
     assert_eq!(h.get(&tag, Some(&alice.access_token)).await.1, json!({"tags": {"m.server_notice": {}}}));
+}
+
+/// Many appends at once go through the writer in groups: every acknowledged event is stored
+/// once, refusals in a group do not affect the others, a repeated transaction ID gives one
+/// event, and state changed inside a group holds for the events after it.
+async fn concurrent_appends_commit_together(backend: TestBackend) {
+    use futures_util::future::join_all;
+
+    let h = Harness::start(backend).await;
+    let alice = h.register("alice", "pw").await;
+    let bob = h.register("bob", "pw").await;
+    let carol = h.register("carol", "pw").await;
+    let room = h.create_room(&alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(h.membership(&bob, &room, "join", None).await.0, StatusCode::OK);
+
+    let (h, room) = (&h, room.as_str());
+    let sends = (0..20).flat_map(|i| [(&alice, format!("a{i}")), (&bob, format!("b{i}")), (&carol, format!("c{i}"))]);
+    let sends = join_all(sends.map(|(who, text)| async move { (text.clone(), h.send_text(who, room, &text).await) }));
+    let same_txn = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/once");
+    let repeats = join_all(
+        (0..8).map(|_| h.put(&same_txn, Some(&alice.access_token), json!({"msgtype": "m.text", "body": "once"}))),
+    );
+    let (name_path, topic_path) = (
+        format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"),
+        format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic"),
+    );
+    let name = h.put(&name_path, Some(&alice.access_token), json!({"name": "Busy"}));
+    let topic = h.put(&topic_path, Some(&bob.access_token), json!({"topic": "not allowed"}));
+    let (sends, repeats, name, topic) = tokio::join!(sends, repeats, name, topic);
+
+    let mut accepted = Vec::new();
+    for (text, response) in sends {
+        if text.starts_with('c') {
+            assert_error(&response, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+        } else {
+            assert_eq!(response.0, StatusCode::OK, "{text}: {}", response.1);
+            accepted.push(text);
+        }
+    }
+    let once: Vec<&Value> = repeats
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, StatusCode::OK, "{body}");
+            &body["event_id"]
+        })
+        .collect();
+    assert!(once.iter().all(|id| *id == once[0]), "one event for one transaction ID: {once:?}");
+    assert_eq!(name.0, StatusCode::OK, "{}", name.1);
+    assert_error(&topic, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+
+    // Everything acknowledged is in the timeline exactly once, and nothing refused is.
+    let (_, page) =
+        h.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"), Some(&alice.access_token)).await;
+    let mut stored = bodies(&page["chunk"]);
+    stored.sort();
+    accepted.push("once".into());
+    accepted.sort();
+    assert_eq!(stored, accepted);
+
+    // The state the group changed holds afterwards, and appends go on on top of it.
+    let (_, state) =
+        h.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"), Some(&bob.access_token)).await;
+    assert_eq!(state["name"], "Busy");
+    assert_eq!(h.send_text(&bob, room, "after").await.0, StatusCode::OK);
+    assert_eq!(h.membership(&carol, room, "join", None).await.0, StatusCode::OK);
+    assert_eq!(h.send_text(&carol, room, "now a member").await.0, StatusCode::OK);
 }

@@ -304,6 +304,11 @@ async fn compute(
         account_data.entry(room_id).or_default().push(serde_json::json!({"type": kind, "content": content}));
     }
     let global_account_data = account_data.remove("").unwrap_or_default();
+    // An incremental sync looks only at rooms where something happened in the range.
+    let changed: Option<BTreeSet<String>> = match since {
+        Some(since) if !full_state => Some(state.storage.rooms_changed(since, position).await?.into_iter().collect()),
+        _ => None,
+    };
     let mut rooms = Rooms::default();
     for (room_id, membership, membership_at) in memberships {
         let departed = membership == "leave" || membership == "ban";
@@ -318,6 +323,10 @@ async fn compute(
             Some(since) => membership_at_position(state, &room_id, &user.user_id, since).await? != membership,
         };
         match membership.as_str() {
+            "join"
+                if !new_membership
+                    && !account_data.contains_key(&room_id)
+                    && changed.as_ref().is_some_and(|changed| !changed.contains(&room_id)) => {}
             "join" => {
                 // A room joined since the last sync is sent in full, like an initial sync;
                 // `full_state` adds the whole state but keeps the timeline incremental.
@@ -491,11 +500,7 @@ async fn presence_events(
 ) -> Result<Vec<Value>, MatrixError> {
     let now = crate::storage::now_ms();
     let mut events = Vec::new();
-    for other in state.storage.users_sharing_rooms(user_id).await? {
-        let Some(p) = state.storage.presence(&other).await? else { continue };
-        if p.stream_id > position || since.is_some_and(|since| p.stream_id <= since) {
-            continue;
-        }
+    for p in state.storage.presence_changes(user_id, since.unwrap_or(0), position).await? {
         let mut content = serde_json::json!({
             "presence": p.presence,
             "last_active_ago": (now - p.last_active_ts).max(0),
@@ -504,7 +509,7 @@ async fn presence_events(
         if let Some(msg) = p.status_msg {
             content["status_msg"] = msg.into();
         }
-        events.push(serde_json::json!({"type": "m.presence", "sender": other, "content": content}));
+        events.push(serde_json::json!({"type": "m.presence", "sender": p.user_id, "content": content}));
     }
     Ok(events)
 }

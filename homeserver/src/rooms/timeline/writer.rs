@@ -1,0 +1,384 @@
+//! The writer task: group commit of appends, and a cache of each room's current state.
+//!
+//! Appends queue on a channel. The task takes everything waiting (up to [`MAX_BATCH`]) into one
+//! room write transaction, builds and authorizes each event on top of the previous one, and
+//! commits once; only then does any sender hear back, so an acknowledged event is durable.
+//! While one group commits, the next one gathers, which is what lets many concurrent senders
+//! share a disk flush.
+//!
+//! The cache keeps, per room, the current state as event IDs and the parsed state events the
+//! authorization rules have looked at, keyed by the room's current state group. A state group
+//! never changes once written, and the room's group is re-read under the write lock for every
+//! append, so a stale entry (another process appended a state event) is noticed and reloaded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ruma_common::room_version_rules::RoomVersionRules;
+use ruma_common::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomVersionId};
+use ruma_events::{StateEventType, TimelineEventType};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Appended, OwnedTarget, Request};
+use crate::crypto::SigningKey;
+use crate::rooms::RoomError;
+use crate::rooms::pdu::{Pdu, Placement};
+use crate::rooms::power::PowerLevels;
+use crate::rooms::version;
+use crate::storage::{self, NewEvent, RoomWrite, StateIds, Storage, now_ms};
+
+/// The most appends committed together. Bounds how long one transaction holds the write lock.
+const MAX_BATCH: usize = 64;
+/// Appends waiting beyond this make their senders wait to enqueue.
+const QUEUE: usize = 1024;
+/// Rooms whose state is cached; past this the cache starts over.
+const MAX_CACHED_ROOMS: usize = 4096;
+
+/// The handle through which requests append events.
+#[derive(Debug)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+struct Job {
+    request: Request,
+    reply: oneshot::Sender<Result<Appended, RoomError>>,
+}
+
+impl Writer {
+    /// Starts the writer task. It ends when the last handle is dropped.
+    pub fn start(storage: Storage, key: Arc<SigningKey>, notifier: Arc<watch::Sender<i64>>) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let task = Task { storage, key, notifier, rooms: HashMap::new() };
+        tokio::spawn(task.run(queue));
+        Self { jobs }
+    }
+
+    pub(super) async fn append(&self, request: Request) -> Result<Appended, RoomError> {
+        let stopped = || RoomError::Storage(storage::Error::Aborted("the event writer stopped".into()));
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(Job { request, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// A room's current state as the writer knows it.
+struct RoomCache {
+    /// The state group the entry describes.
+    group: i64,
+    /// The current state.
+    state: StateIds,
+    /// Current state events parsed so far, by event ID.
+    events: HashMap<String, Pdu>,
+}
+
+impl RoomCache {
+    async fn load(write: &mut RoomWrite, room_id: &str, group: i64) -> Result<Self, RoomError> {
+        Ok(Self { group, state: write.current_state_ids(room_id).await?, events: HashMap::new() })
+    }
+
+    fn get(&self, kind: &str, state_key: &str) -> Option<&Pdu> {
+        self.events.get(self.state.get(&(kind.to_owned(), state_key.to_owned()))?)
+    }
+
+    /// Parses the listed events that are not parsed yet.
+    async fn ensure(&mut self, write: &mut RoomWrite, ids: &[&str]) -> Result<(), RoomError> {
+        let missing: Vec<&str> = ids.iter().copied().filter(|id| !self.events.contains_key(*id)).collect();
+        for stored in write.events(&missing).await? {
+            let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?;
+            self.events.insert(stored.event_id, pdu);
+        }
+        Ok(())
+    }
+
+    /// Moves the entry past an appended state event.
+    fn advance(&mut self, pdu: &Pdu, group: i64) {
+        let Some(state_key) = &pdu.state_key else { return };
+        let replaced = self.state.insert((pdu.kind.to_string(), state_key.clone()), pdu.event_id.to_string());
+        if let Some(replaced) = replaced {
+            self.events.remove(&replaced);
+        }
+        self.events.insert(pdu.event_id.to_string(), pdu.clone());
+        self.group = group;
+    }
+}
+
+/// What `prepare` decided for one request.
+enum Step {
+    /// The transaction ID was used before: this is the event it produced.
+    Replay(Pdu),
+    /// A new, authorized event to store.
+    Write(Prepared),
+}
+
+struct Prepared {
+    pdu: Pdu,
+    /// The room's state group the event was built on.
+    group: i64,
+    /// For a create event: the room to register.
+    new_room: Option<(RoomVersionId, bool)>,
+    /// For a redaction: the target and its redacted JSON.
+    redaction: Option<(OwnedEventId, String)>,
+}
+
+struct Task {
+    storage: Storage,
+    key: Arc<SigningKey>,
+    notifier: Arc<watch::Sender<i64>>,
+    rooms: HashMap<OwnedRoomId, RoomCache>,
+}
+
+type Reply = oneshot::Sender<Result<Appended, RoomError>>;
+
+impl Task {
+    async fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            self.write_batch(&mut batch).await;
+        }
+    }
+
+    async fn write_batch(&mut self, batch: &mut Vec<Job>) {
+        let mut write = match self.storage.begin_room_write().await {
+            Ok(write) => write,
+            Err(err) => return fail(batch.drain(..).map(|job| (job.reply, Ok(None))), &err),
+        };
+        let mut outcomes: Vec<(Reply, Result<Option<Appended>, RoomError>)> = Vec::with_capacity(batch.len());
+        let mut jobs = batch.drain(..);
+        while let Some(Job { request, reply }) = jobs.next() {
+            match self.prepare(&mut write, &request).await {
+                Ok(Step::Replay(pdu)) => outcomes.push((reply, Ok(Some(Appended { pdu, replayed: true })))),
+                Ok(Step::Write(prepared)) => match self.apply(&mut write, prepared, &request).await {
+                    Ok(pdu) => outcomes.push((reply, Ok(Some(Appended { pdu, replayed: false })))),
+                    Err(err) => {
+                        // The transaction may hold part of this event: none of the group commits.
+                        drop(write);
+                        self.rooms.clear();
+                        outcomes.push((reply, Ok(None)));
+                        outcomes.extend(jobs.map(|job| (job.reply, Ok(None))));
+                        return fail(outcomes.into_iter(), &err);
+                    }
+                },
+                Err(err) => {
+                    // Refused before writing anything; the others go on. The entry may hold
+                    // what a failed read left half-loaded.
+                    if let OwnedTarget::Room(room_id) = &request.target {
+                        self.rooms.remove(room_id);
+                    }
+                    outcomes.push((reply, Err(err)));
+                }
+            }
+        }
+        drop(jobs);
+        match write.commit().await {
+            Ok(position) => {
+                crate::state::notify(&self.notifier, position);
+                for (reply, outcome) in outcomes {
+                    let _ = reply.send(outcome.map(|appended| appended.expect("every success carries its event")));
+                }
+            }
+            Err(err) => {
+                self.rooms.clear();
+                fail(outcomes.into_iter(), &err);
+            }
+        }
+    }
+
+    /// Reads what the event builds on, builds and signs it, and runs the authorization rules.
+    /// Writes nothing.
+    async fn prepare(&mut self, write: &mut RoomWrite, request: &Request) -> Result<Step, RoomError> {
+        if let Some(txn) = &request.txn
+            && let Some(event_id) = write.txn_event(txn.key()).await?
+        {
+            let stored = write.events(&[event_id.as_str()]).await?.pop().ok_or(RoomError::NotFound)?;
+            return Ok(Step::Replay(Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?));
+        }
+        let now = MilliSecondsSinceUnixEpoch::now();
+        let template = request.template.clone();
+        let room_id = match &request.target {
+            OwnedTarget::NewRoom { version, room_id, published } => {
+                let rules = rules(version)?;
+                let placement = Placement {
+                    room_id: room_id.as_deref(),
+                    rules: &rules,
+                    prev_events: vec![],
+                    auth_events: vec![],
+                    depth: 1,
+                };
+                let pdu = template.build(&request.sender, placement, now, &self.key)?;
+                let new_room = Some((version.clone(), *published));
+                return Ok(Step::Write(Prepared { pdu, group: 0, new_room, redaction: None }));
+            }
+            OwnedTarget::Room(room_id) => room_id,
+        };
+        let room = write.room(room_id.as_str()).await?.ok_or(RoomError::NotFound)?;
+        let version = RoomVersionId::try_from(room.version.as_str())
+            .map_err(|_| RoomError::UnsupportedVersion(room.version.clone()))?;
+        let rules = rules(&version)?;
+        if self.rooms.get(room_id).is_none_or(|cache| cache.group != room.current_group) {
+            if self.rooms.len() >= MAX_CACHED_ROOMS {
+                self.rooms.clear();
+            }
+            let cache = RoomCache::load(write, room_id.as_str(), room.current_group).await?;
+            self.rooms.insert(room_id.clone(), cache);
+        }
+        let cache = self.rooms.get_mut(room_id).expect("inserted above");
+
+        let content =
+            serde_json::value::to_raw_value(&template.content).map_err(|e| RoomError::InvalidEvent(e.to_string()))?;
+        let auth_types = ruma_state_res::auth_types_for_event(
+            &template.kind,
+            &request.sender,
+            template.state_key.as_deref(),
+            &content,
+            &rules.authorization,
+        )
+        .map_err(RoomError::InvalidEvent)?;
+        let auth_events = auth_types
+            .iter()
+            .filter_map(|(kind, key)| cache.state.get(&(kind.to_string(), key.clone())))
+            .map(|id| EventId::parse(id).map_err(|e| RoomError::Corrupt(e.to_string())))
+            .collect::<Result<Vec<OwnedEventId>, _>>()?;
+        let extremities = write.extremities(room_id.as_str()).await?;
+        let depth = extremities.iter().map(|(_, depth)| *depth).max().unwrap_or(0) + 1;
+        let prev_events = extremities
+            .iter()
+            .map(|(id, _)| EventId::parse(id).map_err(|e| RoomError::Corrupt(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let placement = Placement { room_id: Some(room_id), rules: &rules, prev_events, auth_events, depth };
+        let pdu = template.build(&request.sender, placement, now, &self.key)?;
+        authorize(write, cache, &pdu, &rules).await?;
+        let redaction = match pdu.kind {
+            TimelineEventType::RoomRedaction => Some(redaction(write, cache, &pdu, &rules).await?),
+            _ => None,
+        };
+        Ok(Step::Write(Prepared { pdu, group: room.current_group, new_room: None, redaction }))
+    }
+
+    /// Stores a prepared event and moves the room's cache entry past it.
+    async fn apply(&mut self, write: &mut RoomWrite, prepared: Prepared, request: &Request) -> storage::Result<Pdu> {
+        let Prepared { pdu, group, new_room, redaction } = prepared;
+        if let Some((version, published)) = &new_room {
+            write.create_room(pdu.room_id.as_str(), version.as_str(), *published, now_ms()).await?;
+        }
+        if let Some((target, json)) = &redaction {
+            write.redact(target.as_str(), json, pdu.event_id.as_str()).await?;
+        }
+        let prev: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
+        let membership = (pdu.kind == TimelineEventType::RoomMember).then(|| pdu.content_str("membership")).flatten();
+        let kind = pdu.kind.to_string();
+        let json = pdu.json_string();
+        let event = NewEvent {
+            event_id: pdu.event_id.as_str(),
+            room_id: pdu.room_id.as_str(),
+            event_type: &kind,
+            state_key: pdu.state_key.as_deref(),
+            sender: pdu.sender.as_str(),
+            origin_server_ts: i64::from(pdu.origin_server_ts.get()),
+            depth: pdu.depth,
+            prev_events: &prev,
+            membership: membership.as_deref(),
+            json: &json,
+        };
+        let txn = request.txn.as_ref().map(|txn| txn.key());
+        let (_, new_group) = write.append(event, group, txn, now_ms()).await?;
+
+        if redaction.is_some() {
+            // The target may be a state event the cache holds unredacted.
+            self.rooms.remove(&pdu.room_id);
+        } else if new_room.is_some() {
+            let mut cache = RoomCache { group: 0, state: StateIds::new(), events: HashMap::new() };
+            cache.advance(&pdu, new_group);
+            self.rooms.insert(pdu.room_id.clone(), cache);
+        } else if let Some(cache) = self.rooms.get_mut(&pdu.room_id)
+            && cache.group == group
+        {
+            cache.advance(&pdu, new_group);
+        }
+        Ok(pdu)
+    }
+}
+
+/// Answers every request of a failed group: those that had succeeded so far (`Ok`) get the
+/// group's failure, refusals keep their own error.
+fn fail(outcomes: impl Iterator<Item = (Reply, Result<Option<Appended>, RoomError>)>, err: &storage::Error) {
+    tracing::error!(error = %err, "appending events failed");
+    for (reply, outcome) in outcomes {
+        let answer = match outcome {
+            Err(refused) => Err(refused),
+            Ok(_) => Err(RoomError::Storage(storage::Error::Aborted(err.to_string()))),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+fn rules(version: &RoomVersionId) -> Result<RoomVersionRules, RoomError> {
+    version::rules(version).ok_or_else(|| RoomError::UnsupportedVersion(version.to_string()))
+}
+
+/// Runs the room version's authorization rules on a new event against the current state.
+async fn authorize(
+    write: &mut RoomWrite,
+    cache: &mut RoomCache,
+    pdu: &Pdu,
+    rules: &RoomVersionRules,
+) -> Result<(), RoomError> {
+    // Everything the rules may look at: the event's auth events, and from the current state the
+    // create, power levels and join rules events, third-party invites, and the member events of
+    // the sender, the target and a restricted join's authorising user — not every member.
+    let content = pdu.content_value();
+    let members: Vec<&str> =
+        [Some(pdu.sender.as_str()), pdu.state_key.as_deref(), content["join_authorised_via_users_server"].as_str()]
+            .into_iter()
+            .flatten()
+            .collect();
+    let mut wanted: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
+    for kind in ["m.room.create", "m.room.power_levels", "m.room.join_rules"] {
+        wanted.extend(cache.state.get(&(kind.to_owned(), String::new())).cloned());
+    }
+    for member in members {
+        wanted.extend(cache.state.get(&("m.room.member".to_owned(), member.to_owned())).cloned());
+    }
+    wanted.extend(
+        cache.state.iter().filter(|((kind, _), _)| kind == "m.room.third_party_invite").map(|(_, id)| id.clone()),
+    );
+    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    cache.ensure(write, &wanted).await?;
+
+    let fetch_event = |id: &EventId| cache.events.get(id.as_str());
+    ruma_state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch_event)
+        .map_err(RoomError::Forbidden)?;
+    let fetch_state = |kind: &StateEventType, key: &str| cache.get(&kind.to_string(), key);
+    ruma_state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
+        .map_err(RoomError::Forbidden)?;
+    Ok(())
+}
+
+/// Checks an authorized redaction: its sender must be the target's sender, or be at the room's
+/// `redact` power level. Returns the target and its redacted JSON.
+async fn redaction(
+    write: &mut RoomWrite,
+    cache: &RoomCache,
+    redaction: &Pdu,
+    rules: &RoomVersionRules,
+) -> Result<(OwnedEventId, String), RoomError> {
+    let Some(target_id) = &redaction.redacts else {
+        return Err(RoomError::InvalidEvent("a redaction needs `redacts`".into()));
+    };
+    let Some(stored) = write.events(&[target_id.as_str()]).await?.pop() else {
+        return Err(RoomError::NotFound);
+    };
+    let target = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?;
+    if target.room_id != redaction.room_id {
+        return Err(RoomError::NotFound);
+    }
+    if target.sender != redaction.sender {
+        // `authorize` parsed both: they are among every event's auth events.
+        let create = cache.get("m.room.create", "").ok_or(RoomError::NotFound)?;
+        let levels = PowerLevels::from_events(create, cache.get("m.room.power_levels", ""), rules);
+        if levels.user_level(&redaction.sender) < levels.redact {
+            return Err(RoomError::Forbidden("insufficient power level to redact other users' events".into()));
+        }
+    }
+    Ok((target.event_id.clone(), target.redacted(rules)?.json_string()))
+}
