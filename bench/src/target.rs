@@ -43,6 +43,8 @@ impl Target {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut command = Command::new(&binary);
         command
+            // The tool's own setting, not a server configuration key (the server refuses unknown keys).
+            .env_remove("MYELIN_SERVER_BIN")
             .env("MYELIN_SERVER_NAME", format!("localhost:{port}"))
             .env("MYELIN_LISTEN__CLIENT", format!("127.0.0.1:{port}"))
             .env("MYELIN_DATA_DIR", data.path())

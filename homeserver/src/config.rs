@@ -49,13 +49,13 @@ pub struct Listen {
 }
 
 /// Database connection.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Database {
     /// `sqlite://PATH` or `postgres://…`. Defaults to `sqlite://{data_dir}/myelin.db`.
     pub url: Option<String>,
-    /// Upper bound on pooled connections.
-    pub max_connections: u32,
+    /// Upper bound on pooled connections; unset: 4 on SQLite, 16 on PostgreSQL.
+    pub max_connections: Option<u32>,
 }
 
 /// Who may create accounts.
@@ -129,12 +129,6 @@ impl Default for Config {
 impl Default for Listen {
     fn default() -> Self {
         Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)) }
-    }
-}
-
-impl Default for Database {
-    fn default() -> Self {
-        Self { url: None, max_connections: 16 }
     }
 }
 
@@ -228,7 +222,7 @@ impl Config {
             let scheme = url.split(':').next().unwrap_or_default();
             return invalid("database.url", format!("scheme {scheme:?} is neither sqlite: nor postgres://"));
         }
-        if self.database.max_connections == 0 {
+        if self.database.max_connections == Some(0) {
             return invalid("database.max_connections", "must be at least 1".to_owned());
         }
         if let Some(token) = &self.registration.token
@@ -263,6 +257,14 @@ impl Config {
             Some(url) => url.clone(),
             None => format!("sqlite://{}?mode=rwc", self.data_dir.join("myelin.db").display()),
         }
+    }
+
+    /// The connection pool's size. SQLite takes one writer at a time and its queries run on a
+    /// thread per connection: a few connections serve a small machine with less memory and
+    /// fewer thread switches than many. PostgreSQL serves concurrent queries itself.
+    pub fn database_connections(&self) -> u32 {
+        let sqlite = self.database_url().starts_with("sqlite:");
+        self.database.max_connections.unwrap_or(if sqlite { 4 } else { 16 })
     }
 
     /// The base URL clients should use, without a trailing slash.

@@ -74,7 +74,7 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
     std::fs::create_dir_all(config.media_dir()).map_err(data_dir_error)?;
     let signing_key = SigningKey::load_or_generate(&config.data_dir.join("signing.key"))?;
-    let storage = Storage::connect(&config.database_url(), config.database.max_connections).await?;
+    let storage = Storage::connect(&config.database_url(), config.database_connections()).await?;
 
     let address = listener.local_addr()?;
     let data_dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());

@@ -135,7 +135,7 @@ impl TestServer {
             ..Default::default()
         };
         config.database.url = Some(database.url.clone());
-        config.database.max_connections = 4;
+        config.database.max_connections = Some(4);
         config.rate_limits.enabled = false;
         configure(&mut config);
         config.validate().expect("valid test configuration");

@@ -76,6 +76,17 @@ pub struct Filter<'a> {
 impl<'a> Filter<'a> {
     /// A filter for `user_id` in `room_id`.
     pub async fn new(storage: &'a Storage, room_id: &str, user_id: &'a str) -> Result<Self, RoomError> {
+        let currently_joined = storage.membership(room_id, user_id).await?.is_some_and(|(m, _)| m == "join");
+        Self::knowing_membership(storage, room_id, user_id, currently_joined).await
+    }
+
+    /// A filter for a caller that already knows whether the user is joined now.
+    pub async fn knowing_membership(
+        storage: &'a Storage,
+        room_id: &str,
+        user_id: &'a str,
+        currently_joined: bool,
+    ) -> Result<Self, RoomError> {
         let mut joins = Vec::new();
         for stored in storage.member_events(room_id, user_id).await? {
             let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?;
@@ -83,7 +94,6 @@ impl<'a> Filter<'a> {
                 joins.push(stored.stream_ordering);
             }
         }
-        let currently_joined = storage.membership(room_id, user_id).await?.is_some_and(|(m, _)| m == "join");
         let mut always_shared = true;
         for stored in storage.history_visibility_events(room_id).await? {
             let visibility =

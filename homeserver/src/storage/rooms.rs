@@ -60,8 +60,6 @@ pub struct NewEvent<'a> {
     pub origin_server_ts: i64,
     /// DAG depth.
     pub depth: i64,
-    /// The events it follows (they stop being forward extremities).
-    pub prev_events: &'a [String],
     /// For `m.room.member`: the membership.
     pub membership: Option<&'a str>,
     /// The PDU as canonical JSON.
@@ -369,8 +367,9 @@ impl RoomWrite {
     }
 
     /// Appends an accepted event on top of the room's current state group: stores it, advances
-    /// the room's state and extremities, and remembers the client transaction. Returns the
-    /// event's stream position and the room's state group after it.
+    /// the room's state, and remembers the client transaction. Returns the event's stream
+    /// position and the room's state group after it. The caller sets the forward extremities
+    /// ([`Self::set_extremities`]), once for however many events it appends to a room.
     pub async fn append(
         &mut self,
         event: NewEvent<'_>,
@@ -419,18 +418,6 @@ impl RoomWrite {
         .execute(&mut *self.tx)
         .await
         .map_err(on_conflict("events.event_id"))?;
-        for prev in event.prev_events {
-            sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
-                .bind(event.room_id)
-                .bind(prev)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
-            .bind(event.room_id)
-            .bind(event.event_id)
-            .execute(&mut *self.tx)
-            .await?;
         if let Some(txn) = txn {
             sqlx::query(
                 "INSERT INTO event_txns (user_id, device_id, endpoint, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -446,6 +433,19 @@ impl RoomWrite {
             .map_err(on_conflict("event_txns"))?;
         }
         Ok((stream_ordering, group))
+    }
+
+    /// Replaces a room's forward extremities.
+    pub async fn set_extremities(&mut self, room_id: &str, event_ids: &[&str]) -> Result<()> {
+        sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1").bind(room_id).execute(&mut *self.tx).await?;
+        for event_id in event_ids {
+            sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
+                .bind(room_id)
+                .bind(event_id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Replaces a stored event's JSON with its redacted form.

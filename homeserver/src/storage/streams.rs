@@ -197,17 +197,6 @@ impl Storage {
         Ok(Some(position))
     }
 
-    /// Whether typing in a room changed in `(after, until]`.
-    pub async fn typing_changed(&self, room_id: &str, after: i64, until: i64) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM typing WHERE room_id = $1 AND stream_id > $2 AND stream_id <= $3 LIMIT 1")
-            .bind(room_id)
-            .bind(after)
-            .bind(until)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.is_some())
-    }
-
     /// Users typing in a room at `now`.
     pub async fn typing_users(&self, room_id: &str, now: i64) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT user_id FROM typing WHERE room_id = $1 AND expires_ts > $2 ORDER BY user_id")
@@ -313,5 +302,24 @@ impl Storage {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// Of the rooms `user_id` is joined to, those with typing changes (`typing`) and those with
+    /// receipts (`receipts`) in `(after, until]`, as `(kind, room ID)`.
+    pub async fn ephemeral_rooms(&self, user_id: &str, after: i64, until: i64) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT 'typing', room_id FROM typing WHERE stream_id > $2 AND stream_id <= $3 AND room_id IN ( \
+                 SELECT room_id FROM current_state \
+                 WHERE event_type = 'm.room.member' AND state_key = $1 AND membership = 'join') \
+             UNION SELECT 'receipts', room_id FROM receipts WHERE stream_id > $2 AND stream_id <= $3 AND room_id IN ( \
+                 SELECT room_id FROM current_state \
+                 WHERE event_type = 'm.room.member' AND state_key = $1 AND membership = 'join')",
+        )
+        .bind(user_id)
+        .bind(after)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 }

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -309,7 +310,9 @@ async fn compute(
         Some(since) if !full_state => Some(state.storage.rooms_changed(since, position).await?.into_iter().collect()),
         _ => None,
     };
+    let ephemeral = Ephemeral::of(state, &user.user_id, since, position).await?;
     let mut rooms = Rooms::default();
+    let mut joined = Vec::new();
     for (room_id, membership, membership_at) in memberships {
         let departed = membership == "leave" || membership == "ban";
         if (departed && forgotten.contains(&room_id)) || !filter.room.includes_room(&room_id) {
@@ -332,17 +335,17 @@ async fn compute(
                 // `full_state` adds the whole state but keeps the timeline incremental.
                 let from = if new_membership { None } else { since };
                 let room_account_data = account_data.remove(&room_id).unwrap_or_default();
-                let sections = RoomSections { since: from, position, full_state, account_data: room_account_data };
-                if let Some(joined) = joined_room(state, user, &room_id, sections, filter).await? {
-                    rooms.join.insert(room_id, joined);
-                }
+                joined.push((
+                    room_id,
+                    RoomSections { since: from, position, full_state, account_data: room_account_data },
+                ));
             }
             "invite" if new_membership => {
                 rooms.invite.insert(room_id.clone(), invited_room(state, &room_id, &user.user_id).await?);
             }
             "leave" | "ban" if new_membership && (since.is_some() || filter.room.include_leave) => {
                 let timeline =
-                    room_timeline(state, user, &room_id, since, membership_at, &filter.room.timeline).await?;
+                    room_timeline(state, user, &room_id, (since, membership_at), false, &filter.room.timeline).await?;
                 let state_events = state_before(state, &room_id, &timeline.first, since).await?;
                 rooms.leave.insert(
                     room_id,
@@ -356,6 +359,20 @@ async fn compute(
             _ => {}
         }
     }
+    // Joined rooms are independent of each other: a few at a time, so that one room's queries
+    // run while another's results are turned into JSON.
+    let ephemeral = &ephemeral;
+    let mut joined = futures_util::stream::iter(joined)
+        .map(|(room_id, sections)| async move {
+            let entry = joined_room(state, user, &room_id, sections, filter, ephemeral).await;
+            (room_id, entry)
+        })
+        .buffered(ROOMS_AT_ONCE);
+    while let Some((room_id, entry)) = joined.next().await {
+        if let Some(entry) = entry? {
+            rooms.join.insert(room_id, entry);
+        }
+    }
     let presence = presence_events(state, &user.user_id, since, position).await?;
     Ok(SyncResponse {
         next_batch: token::sync(position),
@@ -367,6 +384,29 @@ async fn compute(
         device_one_time_keys_count: BTreeMap::new(),
         device_unused_fallback_key_types: Vec::new(),
     })
+}
+
+/// Joined rooms of one sync computed concurrently.
+const ROOMS_AT_ONCE: usize = 4;
+
+/// Which rooms have typing or receipt changes in the sync's range: two queries for the sync
+/// instead of two per room.
+struct Ephemeral {
+    typing: BTreeSet<String>,
+    receipts: BTreeSet<String>,
+}
+
+impl Ephemeral {
+    async fn of(state: &AppState, user_id: &str, since: Option<i64>, position: i64) -> Result<Self, MatrixError> {
+        let mut sets = Self { typing: BTreeSet::new(), receipts: BTreeSet::new() };
+        for (kind, room_id) in state.storage.ephemeral_rooms(user_id, since.unwrap_or(0), position).await? {
+            match kind.as_str() {
+                "typing" => sets.typing.insert(room_id),
+                _ => sets.receipts.insert(room_id),
+            };
+        }
+        Ok(sets)
+    }
 }
 
 /// A room's timeline section before conversion, keeping the first event for state lookups.
@@ -383,13 +423,14 @@ impl From<RoomTimeline> for Timeline {
     }
 }
 
-/// The visible events of `(since, until]`, the newest `limit` of them.
+/// The visible events of `(since, until]`, the newest `limit` of them, for a user who is
+/// `joined` to the room now (or not: they left).
 async fn room_timeline(
     state: &AppState,
     user: &AuthedUser,
     room_id: &str,
-    since: Option<i64>,
-    until: i64,
+    (since, until): (Option<i64>, i64),
+    joined: bool,
     filter: &RoomEventFilter,
 ) -> Result<RoomTimeline, MatrixError> {
     let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, MAX_TIMELINE_LIMIT);
@@ -399,7 +440,7 @@ async fn room_timeline(
     if limited {
         page.remove(0);
     }
-    let mut visibility = visibility::Filter::new(&state.storage, room_id, &user.user_id).await?;
+    let mut visibility = visibility::Filter::knowing_membership(&state.storage, room_id, &user.user_id, joined).await?;
     let mut events = Vec::with_capacity(page.len());
     for stored in &page {
         let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
@@ -429,10 +470,11 @@ async fn joined_room(
     room_id: &str,
     sections: RoomSections,
     filter: &Filter,
+    changed: &Ephemeral,
 ) -> Result<Option<JoinedRoom>, MatrixError> {
     let RoomSections { since, position, full_state, account_data } = sections;
-    let timeline = room_timeline(state, user, room_id, since, position, &filter.room.timeline).await?;
-    let ephemeral = ephemeral_events(state, &user.user_id, room_id, since, position).await?;
+    let timeline = room_timeline(state, user, room_id, (since, position), true, &filter.room.timeline).await?;
+    let ephemeral = ephemeral_events(state, &user.user_id, room_id, (since, position), changed).await?;
     if since.is_some() && timeline.first.is_none() && !full_state && ephemeral.is_empty() && account_data.is_empty() {
         return Ok(None);
     }
@@ -463,17 +505,21 @@ async fn ephemeral_events(
     state: &AppState,
     user_id: &str,
     room_id: &str,
-    since: Option<i64>,
-    position: i64,
+    (since, position): (Option<i64>, i64),
+    changed: &Ephemeral,
 ) -> Result<Vec<Value>, MatrixError> {
     let mut events = Vec::new();
     let after = since.unwrap_or(0);
-    if state.storage.typing_changed(room_id, after, position).await? {
+    if changed.typing.contains(room_id) {
         let typing = state.storage.typing_users(room_id, crate::storage::now_ms()).await?;
         events.push(serde_json::json!({"type": "m.typing", "content": {"user_ids": typing}}));
     }
     let mut content = serde_json::Map::new();
-    for receipt in state.storage.receipts_since(room_id, after, position).await? {
+    let receipts = match changed.receipts.contains(room_id) {
+        true => state.storage.receipts_since(room_id, after, position).await?,
+        false => Vec::new(),
+    };
+    for receipt in receipts {
         // Private receipts are for their owner's eyes only.
         if receipt.receipt_type == "m.read.private" && receipt.user_id != user_id {
             continue;

@@ -12,6 +12,7 @@
 //! append, so a stale entry (another process appended a state event) is noticed and reloaded.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use ruma_common::room_version_rules::RoomVersionRules;
@@ -121,6 +122,17 @@ struct Prepared {
     redaction: Option<(OwnedEventId, String)>,
 }
 
+/// A room as the appends of the current group left it: read once per group, not per event.
+struct Head {
+    version: String,
+    group: i64,
+    extremities: Vec<(String, i64)>,
+    /// Appended to: its extremities must be written before the commit.
+    moved: bool,
+}
+
+type Heads = HashMap<OwnedRoomId, Head>;
+
 struct Task {
     storage: Storage,
     key: Arc<SigningKey>,
@@ -144,11 +156,12 @@ impl Task {
             Err(err) => return fail(batch.drain(..).map(|job| (job.reply, Ok(None))), &err),
         };
         let mut outcomes: Vec<(Reply, Result<Option<Appended>, RoomError>)> = Vec::with_capacity(batch.len());
+        let mut heads = Heads::new();
         let mut jobs = batch.drain(..);
         while let Some(Job { request, reply }) = jobs.next() {
-            match self.prepare(&mut write, &request).await {
+            match self.prepare(&mut write, &mut heads, &request).await {
                 Ok(Step::Replay(pdu)) => outcomes.push((reply, Ok(Some(Appended { pdu, replayed: true })))),
-                Ok(Step::Write(prepared)) => match self.apply(&mut write, prepared, &request).await {
+                Ok(Step::Write(prepared)) => match self.apply(&mut write, &mut heads, prepared, &request).await {
                     Ok(pdu) => outcomes.push((reply, Ok(Some(Appended { pdu, replayed: false })))),
                     Err(err) => {
                         // The transaction may hold part of this event: none of the group commits.
@@ -170,6 +183,11 @@ impl Task {
             }
         }
         drop(jobs);
+        if let Err(err) = write_extremities(&mut write, &heads).await {
+            drop(write);
+            self.rooms.clear();
+            return fail(outcomes.into_iter(), &err);
+        }
         match write.commit().await {
             Ok(position) => {
                 crate::state::notify(&self.notifier, position);
@@ -186,7 +204,12 @@ impl Task {
 
     /// Reads what the event builds on, builds and signs it, and runs the authorization rules.
     /// Writes nothing.
-    async fn prepare(&mut self, write: &mut RoomWrite, request: &Request) -> Result<Step, RoomError> {
+    async fn prepare(
+        &mut self,
+        write: &mut RoomWrite,
+        heads: &mut Heads,
+        request: &Request,
+    ) -> Result<Step, RoomError> {
         if let Some(txn) = &request.txn
             && let Some(event_id) = write.txn_event(txn.key()).await?
         {
@@ -211,15 +234,23 @@ impl Task {
             }
             OwnedTarget::Room(room_id) => room_id,
         };
-        let room = write.room(room_id.as_str()).await?.ok_or(RoomError::NotFound)?;
-        let version = RoomVersionId::try_from(room.version.as_str())
-            .map_err(|_| RoomError::UnsupportedVersion(room.version.clone()))?;
+        let head = match heads.entry(room_id.clone()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let room = write.room(room_id.as_str()).await?.ok_or(RoomError::NotFound)?;
+                let extremities = write.extremities(room_id.as_str()).await?;
+                let head = Head { version: room.version, group: room.current_group, extremities, moved: false };
+                entry.insert(head)
+            }
+        };
+        let version = RoomVersionId::try_from(head.version.as_str())
+            .map_err(|_| RoomError::UnsupportedVersion(head.version.clone()))?;
         let rules = rules(&version)?;
-        if self.rooms.get(room_id).is_none_or(|cache| cache.group != room.current_group) {
+        if self.rooms.get(room_id).is_none_or(|cache| cache.group != head.group) {
             if self.rooms.len() >= MAX_CACHED_ROOMS {
                 self.rooms.clear();
             }
-            let cache = RoomCache::load(write, room_id.as_str(), room.current_group).await?;
+            let cache = RoomCache::load(write, room_id.as_str(), head.group).await?;
             self.rooms.insert(room_id.clone(), cache);
         }
         let cache = self.rooms.get_mut(room_id).expect("inserted above");
@@ -239,9 +270,9 @@ impl Task {
             .filter_map(|(kind, key)| cache.state.get(&(kind.to_string(), key.clone())))
             .map(|id| EventId::parse(id).map_err(|e| RoomError::Corrupt(e.to_string())))
             .collect::<Result<Vec<OwnedEventId>, _>>()?;
-        let extremities = write.extremities(room_id.as_str()).await?;
-        let depth = extremities.iter().map(|(_, depth)| *depth).max().unwrap_or(0) + 1;
-        let prev_events = extremities
+        let depth = head.extremities.iter().map(|(_, depth)| *depth).max().unwrap_or(0) + 1;
+        let prev_events = head
+            .extremities
             .iter()
             .map(|(id, _)| EventId::parse(id).map_err(|e| RoomError::Corrupt(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
@@ -252,11 +283,17 @@ impl Task {
             TimelineEventType::RoomRedaction => Some(redaction(write, cache, &pdu, &rules).await?),
             _ => None,
         };
-        Ok(Step::Write(Prepared { pdu, group: room.current_group, new_room: None, redaction }))
+        Ok(Step::Write(Prepared { pdu, group: head.group, new_room: None, redaction }))
     }
 
     /// Stores a prepared event and moves the room's cache entry past it.
-    async fn apply(&mut self, write: &mut RoomWrite, prepared: Prepared, request: &Request) -> storage::Result<Pdu> {
+    async fn apply(
+        &mut self,
+        write: &mut RoomWrite,
+        heads: &mut Heads,
+        prepared: Prepared,
+        request: &Request,
+    ) -> storage::Result<Pdu> {
         let Prepared { pdu, group, new_room, redaction } = prepared;
         if let Some((version, published)) = &new_room {
             write.create_room(pdu.room_id.as_str(), version.as_str(), *published, now_ms()).await?;
@@ -264,7 +301,6 @@ impl Task {
         if let Some((target, json)) = &redaction {
             write.redact(target.as_str(), json, pdu.event_id.as_str()).await?;
         }
-        let prev: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
         let membership = (pdu.kind == TimelineEventType::RoomMember).then(|| pdu.content_str("membership")).flatten();
         let kind = pdu.kind.to_string();
         let json = pdu.json_string();
@@ -276,12 +312,23 @@ impl Task {
             sender: pdu.sender.as_str(),
             origin_server_ts: i64::from(pdu.origin_server_ts.get()),
             depth: pdu.depth,
-            prev_events: &prev,
             membership: membership.as_deref(),
             json: &json,
         };
         let txn = request.txn.as_ref().map(|txn| txn.key());
         let (_, new_group) = write.append(event, group, txn, now_ms()).await?;
+        let extremities = vec![(pdu.event_id.to_string(), pdu.depth)];
+        match &new_room {
+            Some((version, _)) => {
+                let head = Head { version: version.to_string(), group: new_group, extremities, moved: true };
+                heads.insert(pdu.room_id.clone(), head);
+            }
+            None => {
+                // The event's prev events were all the room's extremities: it is now the only one.
+                let head = heads.get_mut(&pdu.room_id).expect("prepare read the room");
+                *head = Head { version: std::mem::take(&mut head.version), group: new_group, extremities, moved: true };
+            }
+        }
 
         if redaction.is_some() {
             // The target may be a state event the cache holds unredacted.
@@ -310,6 +357,15 @@ fn fail(outcomes: impl Iterator<Item = (Reply, Result<Option<Appended>, RoomErro
         };
         let _ = reply.send(answer);
     }
+}
+
+/// Writes the extremities of the rooms the group appended to.
+async fn write_extremities(write: &mut RoomWrite, heads: &Heads) -> storage::Result<()> {
+    for (room_id, head) in heads.iter().filter(|(_, head)| head.moved) {
+        let ids: Vec<&str> = head.extremities.iter().map(|(id, _)| id.as_str()).collect();
+        write.set_extremities(room_id.as_str(), &ids).await?;
+    }
+    Ok(())
 }
 
 fn rules(version: &RoomVersionId) -> Result<RoomVersionRules, RoomError> {
