@@ -48,6 +48,9 @@ const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
 pub struct SigningKey {
     version: String,
     key: ed25519_dalek::SigningKey,
+    /// The same key as ruma-signatures' signer, built once: building it derives the public key,
+    /// which costs as much as a signature.
+    pair: ruma_signatures::Ed25519KeyPair,
 }
 
 impl fmt::Debug for SigningKey {
@@ -68,7 +71,8 @@ impl SigningKey {
             Ok(text) => Self::parse(&text)
                 .map_err(|reason| SigningKeyError::Malformed { path: path.display().to_string(), reason }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = Self::generate();
+                let key = Self::generate()
+                    .map_err(|reason| SigningKeyError::Malformed { path: path.display().to_string(), reason })?;
                 write_atomically(path, key.to_file_contents().as_bytes()).map_err(io)?;
                 Ok(key)
             }
@@ -76,10 +80,22 @@ impl SigningKey {
         }
     }
 
-    fn generate() -> Self {
+    fn generate() -> Result<Self, &'static str> {
         let suffix: String = rand::rngs::OsRng.sample_iter(Alphanumeric).take(4).map(char::from).collect();
         let seed: [u8; 32] = rand::rngs::OsRng.r#gen();
-        Self { version: format!("a_{suffix}"), key: ed25519_dalek::SigningKey::from_bytes(&seed) }
+        Self::from_seed(format!("a_{suffix}"), &seed)
+    }
+
+    fn from_seed(version: String, seed: &[u8; 32]) -> Result<Self, &'static str> {
+        // A PKCS#8 v1 document for an Ed25519 key (RFC 8410): a fixed header, then the seed.
+        const PKCS8_PREFIX: [u8; 16] =
+            [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        let mut der = zeroize::Zeroizing::new(Vec::with_capacity(48));
+        der.extend_from_slice(&PKCS8_PREFIX);
+        der.extend_from_slice(seed);
+        let pair = ruma_signatures::Ed25519KeyPair::from_der(&der, version.clone())
+            .map_err(|_| "the seed does not form an Ed25519 key")?;
+        Ok(Self { version, key: ed25519_dalek::SigningKey::from_bytes(seed), pair })
     }
 
     fn parse(text: &str) -> Result<Self, &'static str> {
@@ -91,7 +107,7 @@ impl SigningKey {
         };
         let seed = LENIENT_BASE64.decode(seed).map_err(|_| "the seed is not base64")?;
         let seed: [u8; 32] = seed.try_into().map_err(|_| "the seed is not 32 bytes")?;
-        Ok(Self { version: version.to_owned(), key: ed25519_dalek::SigningKey::from_bytes(&seed) })
+        Self::from_seed(version.to_owned(), &seed)
     }
 
     fn to_file_contents(&self) -> String {
@@ -109,14 +125,8 @@ impl SigningKey {
     }
 
     /// The key as ruma-signatures' signer, for events and federation requests.
-    pub fn ruma_key_pair(&self) -> Result<ruma_signatures::Ed25519KeyPair, ruma_signatures::Ed25519KeyPairParseError> {
-        // A PKCS#8 v1 document for an Ed25519 key (RFC 8410): a fixed header, then the seed.
-        const PKCS8_PREFIX: [u8; 16] =
-            [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
-        let mut der = zeroize::Zeroizing::new(Vec::with_capacity(48));
-        der.extend_from_slice(&PKCS8_PREFIX);
-        der.extend_from_slice(&self.key.to_bytes());
-        ruma_signatures::Ed25519KeyPair::from_der(&der, self.version.clone())
+    pub fn ruma_key_pair(&self) -> &ruma_signatures::Ed25519KeyPair {
+        &self.pair
     }
 
     /// The key of the spec's cryptographic test vectors: key ID `ed25519:1`.
@@ -168,7 +178,8 @@ mod tests {
     /// The spec's cryptographic test vectors (appendices, "JSON Signing").
     #[test]
     fn signs_the_spec_test_vectors() {
-        let pair = SigningKey::spec_test_vector().ruma_key_pair().unwrap();
+        let key = SigningKey::spec_test_vector();
+        let pair = key.ruma_key_pair();
         for (json, signature) in [
             ("{}", "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ"),
             (
@@ -177,7 +188,7 @@ mod tests {
             ),
         ] {
             let mut object: ruma_common::CanonicalJsonObject = serde_json::from_str(json).unwrap();
-            ruma_signatures::sign_json("domain", &pair, &mut object).unwrap();
+            ruma_signatures::sign_json("domain", pair, &mut object).unwrap();
             let signed = serde_json::to_value(&object).unwrap();
             assert_eq!(signed["signatures"]["domain"]["ed25519:1"], signature, "{json}");
         }

@@ -122,8 +122,8 @@ impl PduTemplate {
             put("room_id", room_id.as_str().into())?;
         }
         let server_name = sender.server_name().as_str();
-        let key_pair = key.ruma_key_pair().map_err(|e| invalid(&e))?;
-        ruma_signatures::hash_and_sign_event(server_name, &key_pair, &mut object, &placement.rules.redaction)?;
+        let key_pair = key.ruma_key_pair();
+        ruma_signatures::hash_and_sign_event(server_name, key_pair, &mut object, &placement.rules.redaction)?;
         let hash = ruma_signatures::reference_hash(&object, placement.rules)?;
         let event_id = EventId::new_v2_or_v3(&hash).map_err(|e| invalid(&e))?;
         let room_id = match placement.room_id {
@@ -329,8 +329,9 @@ mod tests {
                 "depth": 3, "unsigned": {"age_ts": 1000000}}"#,
         )
         .unwrap();
-        let pair = spec_key().ruma_key_pair().unwrap();
-        ruma_signatures::hash_and_sign_event("domain", &pair, &mut event, &RoomVersionRules::V10.redaction).unwrap();
+        let key = spec_key();
+        let pair = key.ruma_key_pair();
+        ruma_signatures::hash_and_sign_event("domain", pair, &mut event, &RoomVersionRules::V10.redaction).unwrap();
         let signed = serde_json::to_value(&event).unwrap();
         assert_eq!(signed["hashes"]["sha256"], "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos");
         assert_eq!(

@@ -83,6 +83,7 @@ enum OwnedTarget {
     NewRoom { version: RoomVersionId, room_id: Option<OwnedRoomId>, published: bool },
 }
 
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct OwnedTxn {
     user_id: String,
     device_id: String,

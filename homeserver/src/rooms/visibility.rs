@@ -88,17 +88,17 @@ impl<'a> Filter<'a> {
         currently_joined: bool,
     ) -> Result<Self, RoomError> {
         let mut joins = Vec::new();
-        for stored in storage.member_events(room_id, user_id).await? {
-            let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?;
-            if pdu.content_str("membership").as_deref() == Some("join") {
-                joins.push(stored.stream_ordering);
-            }
-        }
         let mut always_shared = true;
-        for stored in storage.history_visibility_events(room_id).await? {
-            let visibility =
-                Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?.content_str("history_visibility");
-            always_shared &= matches!(visibility.as_deref(), Some("shared" | "world_readable"));
+        for stored in storage.visibility_events(room_id, user_id).await? {
+            let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?;
+            if pdu.kind == ruma_events::TimelineEventType::RoomMember {
+                if pdu.content_str("membership").as_deref() == Some("join") {
+                    joins.push(stored.stream_ordering);
+                }
+            } else {
+                let visibility = pdu.content_str("history_visibility");
+                always_shared &= matches!(visibility.as_deref(), Some("shared" | "world_readable"));
+            }
         }
         let sees_everything = currently_joined && always_shared;
         Ok(Self { storage, user_id, joins, sees_everything, by_group: HashMap::new() })

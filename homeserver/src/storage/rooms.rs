@@ -99,7 +99,38 @@ pub struct RoomWrite {
     /// write of `stream_head` at commit instead of one per event.
     head: i64,
     last: i64,
+    /// Event and transaction rows not inserted yet: they go in multi-row inserts before the
+    /// next read of events and at commit, instead of one statement each.
+    pending_events: Vec<EventRow>,
+    pending_txns: Vec<TxnRow>,
 }
+
+/// An `events` row waiting for [`RoomWrite::flush`].
+struct EventRow {
+    stream_ordering: i64,
+    event_id: String,
+    room_id: String,
+    event_type: String,
+    state_key: Option<String>,
+    sender: String,
+    origin_server_ts: i64,
+    depth: i64,
+    state_group: i64,
+    json: String,
+}
+
+/// An `event_txns` row waiting for [`RoomWrite::flush`].
+struct TxnRow {
+    user_id: String,
+    device_id: String,
+    endpoint: String,
+    txn_id: String,
+    event_id: String,
+    created_ts: i64,
+}
+
+/// Rows per multi-row insert: well under both engines' limits on bound parameters.
+const ROWS_PER_INSERT: usize = 100;
 
 impl Storage {
     /// Starts a room write transaction.
@@ -113,7 +144,7 @@ impl Storage {
             super::Backend::Sqlite => "SELECT position FROM stream_head WHERE id = 0",
         };
         let head: i64 = sqlx::query(lock).fetch_one(&mut *tx).await?.try_get(0)?;
-        Ok(RoomWrite { tx, head, last: head })
+        Ok(RoomWrite { tx, head, last: head, pending_events: Vec::new(), pending_txns: Vec::new() })
     }
 
     /// A room, if this server knows it.
@@ -215,13 +246,16 @@ impl Storage {
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<Option<String>, _>(1)?.unwrap_or_default()))).collect()
     }
 
-    /// Every `m.room.history_visibility` event a room ever had, oldest first.
-    pub async fn history_visibility_events(&self, room_id: &str) -> Result<Vec<StoredEvent>> {
+    /// A user's membership events in a room and every `m.room.history_visibility` event it
+    /// ever had, oldest first: what deciding the user's view of its history needs, in one query.
+    pub async fn visibility_events(&self, room_id: &str, user_id: &str) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(
             "SELECT stream_ordering, event_id, room_id, state_group, json FROM events \
-             WHERE room_id = $1 AND event_type = 'm.room.history_visibility' ORDER BY stream_ordering",
+             WHERE room_id = $1 AND ((event_type = 'm.room.member' AND state_key = $2) \
+                 OR event_type = 'm.room.history_visibility') ORDER BY stream_ordering",
         )
         .bind(room_id)
+        .bind(user_id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(stored_event).collect()
@@ -295,6 +329,33 @@ impl Storage {
         Ok(events)
     }
 
+    /// The newest events of a room after the event of the user's latest read receipt (public
+    /// or private; all events without one) up to `until`, at most `limit`, oldest first.
+    pub async fn unread_events(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(
+            "SELECT stream_ordering, event_id, room_id, state_group, json FROM events \
+             WHERE room_id = $1 AND stream_ordering <= $3 AND stream_ordering > ( \
+                 SELECT COALESCE(MAX(e.stream_ordering), 0) FROM receipts r JOIN events e ON e.event_id = r.event_id \
+                 WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type IN ('m.read', 'm.read.private')) \
+             ORDER BY stream_ordering DESC LIMIT $4",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(until)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows.iter().map(stored_event).collect::<Result<Vec<_>>>()?;
+        events.reverse();
+        Ok(events)
+    }
+
     /// Marks a room forgotten by a user (or remembered again).
     pub async fn set_forgotten(&self, user_id: &str, room_id: &str, forgotten: bool) -> Result<()> {
         let sql = if forgotten {
@@ -340,8 +401,10 @@ impl RoomWrite {
         current_state_rows(&mut *self.tx, room_id).await
     }
 
-    /// Events by ID, under the write lock; unknown IDs are skipped.
+    /// Events by ID, under the write lock (including those appended in it); unknown IDs are
+    /// skipped.
     pub async fn events(&mut self, event_ids: &[&str]) -> Result<Vec<StoredEvent>> {
+        self.flush().await?;
         let mut events = Vec::with_capacity(event_ids.len());
         for chunk in event_ids.chunks(EVENTS_PER_QUERY) {
             events.extend(events_by_id(&mut *self.tx, chunk).await?);
@@ -361,9 +424,46 @@ impl RoomWrite {
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
-    /// The event a client transaction produced, under the write lock.
-    pub async fn txn_event(&mut self, txn: TxnKey<'_>) -> Result<Option<String>> {
-        txn_row(&mut *self.tx, txn).await
+    /// The events earlier client transactions produced, for as many transactions as given:
+    /// `(index in txns, event ID)`. Sees only what was committed or flushed before.
+    pub async fn txn_events(&mut self, txns: &[TxnKey<'_>]) -> Result<Vec<(usize, String)>> {
+        let mut found = Vec::new();
+        for (chunk_index, chunk) in txns.chunks(ROWS_PER_INSERT).enumerate() {
+            let conditions: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let n = i * 4;
+                    format!(
+                        "(user_id = ${} AND device_id = ${} AND endpoint = ${} AND txn_id = ${})",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4
+                    )
+                })
+                .collect();
+            // Only generated placeholders are interpolated; the keys are bound.
+            let sql = format!(
+                "SELECT user_id, device_id, endpoint, txn_id, event_id FROM event_txns WHERE {}",
+                conditions.join(" OR ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for txn in chunk {
+                query = query.bind(txn.user_id).bind(txn.device_id).bind(txn.endpoint).bind(txn.txn_id);
+            }
+            for row in query.fetch_all(&mut *self.tx).await? {
+                let key: (String, String, String, String) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+                let event_id: String = row.try_get(4)?;
+                for (i, txn) in chunk.iter().enumerate() {
+                    if (txn.user_id, txn.device_id, txn.endpoint, txn.txn_id)
+                        == (key.0.as_str(), key.1.as_str(), key.2.as_str(), key.3.as_str())
+                    {
+                        found.push((chunk_index * ROWS_PER_INSERT + i, event_id.clone()));
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Appends an accepted event on top of the room's current state group: stores it, advances
@@ -401,36 +501,27 @@ impl RoomWrite {
         }
         self.last += 1;
         let stream_ordering = self.last;
-        sqlx::query(
-            "INSERT INTO events (stream_ordering, event_id, room_id, event_type, state_key, sender, origin_server_ts, depth, state_group, json) \
-             VALUES ($10, $1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(event.event_id)
-        .bind(event.room_id)
-        .bind(event.event_type)
-        .bind(event.state_key)
-        .bind(event.sender)
-        .bind(event.origin_server_ts)
-        .bind(event.depth)
-        .bind(group)
-        .bind(event.json)
-        .bind(stream_ordering)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(on_conflict("events.event_id"))?;
+        self.pending_events.push(EventRow {
+            stream_ordering,
+            event_id: event.event_id.to_owned(),
+            room_id: event.room_id.to_owned(),
+            event_type: event.event_type.to_owned(),
+            state_key: event.state_key.map(str::to_owned),
+            sender: event.sender.to_owned(),
+            origin_server_ts: event.origin_server_ts,
+            depth: event.depth,
+            state_group: group,
+            json: event.json.to_owned(),
+        });
         if let Some(txn) = txn {
-            sqlx::query(
-                "INSERT INTO event_txns (user_id, device_id, endpoint, txn_id, event_id, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(txn.user_id)
-            .bind(txn.device_id)
-            .bind(txn.endpoint)
-            .bind(txn.txn_id)
-            .bind(event.event_id)
-            .bind(now)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(on_conflict("event_txns"))?;
+            self.pending_txns.push(TxnRow {
+                user_id: txn.user_id.to_owned(),
+                device_id: txn.device_id.to_owned(),
+                endpoint: txn.endpoint.to_owned(),
+                txn_id: txn.txn_id.to_owned(),
+                event_id: event.event_id.to_owned(),
+                created_ts: now,
+            });
         }
         Ok((stream_ordering, group))
     }
@@ -505,8 +596,52 @@ impl RoomWrite {
         Ok(group)
     }
 
+    /// Inserts the pending event and transaction rows.
+    async fn flush(&mut self) -> Result<()> {
+        for chunk in std::mem::take(&mut self.pending_events).chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO events (stream_ordering, event_id, room_id, event_type, state_key, sender, origin_server_ts, depth, state_group, json) VALUES {}",
+                placeholders(chunk.len(), 10)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                query = query
+                    .bind(e.stream_ordering)
+                    .bind(&e.event_id)
+                    .bind(&e.room_id)
+                    .bind(&e.event_type)
+                    .bind(&e.state_key)
+                    .bind(&e.sender)
+                    .bind(e.origin_server_ts)
+                    .bind(e.depth)
+                    .bind(e.state_group)
+                    .bind(&e.json);
+            }
+            query.execute(&mut *self.tx).await.map_err(on_conflict("events.event_id"))?;
+        }
+        for chunk in std::mem::take(&mut self.pending_txns).chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO event_txns (user_id, device_id, endpoint, txn_id, event_id, created_ts) VALUES {}",
+                placeholders(chunk.len(), 6)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for t in chunk {
+                query = query
+                    .bind(&t.user_id)
+                    .bind(&t.device_id)
+                    .bind(&t.endpoint)
+                    .bind(&t.txn_id)
+                    .bind(&t.event_id)
+                    .bind(t.created_ts);
+            }
+            query.execute(&mut *self.tx).await.map_err(on_conflict("event_txns"))?;
+        }
+        Ok(())
+    }
+
     /// Commits the transaction; returns the stream position after it.
     pub async fn commit(mut self) -> Result<i64> {
+        self.flush().await?;
         if self.last != self.head {
             sqlx::query("UPDATE stream_head SET position = $1 WHERE id = 0")
                 .bind(self.last)
@@ -540,6 +675,15 @@ async fn event_row<'e>(
     row.as_ref().map(stored_event).transpose()
 }
 
+/// `($1, …, $columns), ($columns+1, …)…` for a multi-row insert.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let row = |r: usize| {
+        let cells: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+        format!("({})", cells.join(", "))
+    };
+    (0..rows).map(row).collect::<Vec<_>>().join(", ")
+}
+
 /// Bounds the placeholders of one `IN (…)` query.
 const EVENTS_PER_QUERY: usize = 256;
 
@@ -570,17 +714,4 @@ async fn current_state_rows<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any
         .fetch_all(db)
         .await?;
     rows.iter().map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))).collect()
-}
-
-async fn txn_row<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, txn: TxnKey<'_>) -> Result<Option<String>> {
-    let row = sqlx::query(
-        "SELECT event_id FROM event_txns WHERE user_id = $1 AND device_id = $2 AND endpoint = $3 AND txn_id = $4",
-    )
-    .bind(txn.user_id)
-    .bind(txn.device_id)
-    .bind(txn.endpoint)
-    .bind(txn.txn_id)
-    .fetch_optional(db)
-    .await?;
-    row.map(|r| Ok(r.try_get(0)?)).transpose()
 }

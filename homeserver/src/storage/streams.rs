@@ -141,20 +141,6 @@ impl Storage {
             .collect()
     }
 
-    /// The stream position of the event a user's latest read receipt (public or private) in a
-    /// room points at; 0 without one.
-    pub async fn read_position(&self, room_id: &str, user_id: &str) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT COALESCE(MAX(e.stream_ordering), 0) FROM receipts r JOIN events e ON e.event_id = r.event_id \
-             WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type IN ('m.read', 'm.read.private')",
-        )
-        .bind(room_id)
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
-    }
-
     /// Starts (with an expiry) or stops (`None`) a user's typing notice.
     pub async fn set_typing(&self, room_id: &str, user_id: &str, expires_ts: Option<i64>) -> Result<i64> {
         let mut tx = self.begin_write().await?;

@@ -553,10 +553,11 @@ async fn send_event(
 ) -> ApiResult<Json<EventIdResponse>> {
     let room_id = parse_room(room_id)?;
     let sender = parse_user(&user.user_id)?;
-    if state.storage.room(room_id.as_str()).await?.is_none() {
-        return Err(RoomError::Forbidden("you are not in this room".into()).into());
-    }
-    let appended = timeline::append(state, Target::Room(&room_id), &sender, template, txn).await?;
+    // A room this server does not know is one the user is not in.
+    let appended = match timeline::append(state, Target::Room(&room_id), &sender, template, txn).await {
+        Err(RoomError::NotFound) => return Err(RoomError::Forbidden("you are not in this room".into()).into()),
+        other => other?,
+    };
     Ok(Json(EventIdResponse { event_id: appended.pdu.event_id.to_string() }))
 }
 

@@ -615,8 +615,7 @@ async fn unread(
     user_id: &str,
     position: i64,
 ) -> Result<UnreadNotifications, MatrixError> {
-    let read_up_to = state.storage.read_position(room_id, user_id).await?;
-    let events = state.storage.room_events_between(room_id, read_up_to, position, MAX_UNREAD_SCAN, true).await?;
+    let events = state.storage.unread_events(room_id, user_id, position, MAX_UNREAD_SCAN).await?;
     let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default().to_lowercase();
     let mut counts = UnreadNotifications::default();
     for stored in &events {
@@ -646,6 +645,8 @@ async fn state_before(
     since: Option<i64>,
 ) -> Result<Vec<Value>, MatrixError> {
     let before = match first {
+        // After an event that changes no state, the state is the state before it.
+        Some(first) if !is_state_event(&first.json) => state.storage.state_at_group(first.state_group).await?,
         Some(first) => state_at_position(state, room_id, first.stream_ordering - 1).await?,
         None => state.storage.current_state_ids(room_id).await?,
     };
@@ -661,6 +662,16 @@ async fn state_before(
         events.push(pdu.to_client_event(false));
     }
     Ok(events)
+}
+
+/// Whether stored PDU JSON is a state event (has a `state_key`).
+fn is_state_event(json: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow)]
+        state_key: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_str::<Probe<'_>>(json).is_ok_and(|probe| probe.state_key.is_some())
 }
 
 /// The room's state after its last event at or before stream position `at`.

@@ -20,13 +20,13 @@ use ruma_common::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId
 use ruma_events::{StateEventType, TimelineEventType};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Appended, OwnedTarget, Request};
+use super::{Appended, OwnedTarget, OwnedTxn, Request};
 use crate::crypto::SigningKey;
 use crate::rooms::RoomError;
 use crate::rooms::pdu::{Pdu, Placement};
 use crate::rooms::power::PowerLevels;
 use crate::rooms::version;
-use crate::storage::{self, NewEvent, RoomWrite, StateIds, Storage, now_ms};
+use crate::storage::{self, NewEvent, RoomWrite, StateIds, Storage, TxnKey, now_ms};
 
 /// The most appends committed together. Bounds how long one transaction holds the write lock.
 const MAX_BATCH: usize = 64;
@@ -155,20 +155,51 @@ impl Task {
             Ok(write) => write,
             Err(err) => return fail(batch.drain(..).map(|job| (job.reply, Ok(None))), &err),
         };
+        // Transaction IDs seen before this group: one query for the group.
+        let keys: Vec<(usize, TxnKey<'_>)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(i, job)| job.request.txn.as_ref().map(|txn| (i, txn.key())))
+            .collect();
+        let mut earlier: Vec<Option<String>> = vec![None; batch.len()];
+        match write.txn_events(&keys.iter().map(|(_, key)| *key).collect::<Vec<_>>()).await {
+            Ok(found) => found.into_iter().for_each(|(i, event_id)| earlier[keys[i].0] = Some(event_id)),
+            Err(err) => return fail(batch.drain(..).map(|job| (job.reply, Ok(None))), &err),
+        }
+        drop(keys);
         let mut outcomes: Vec<(Reply, Result<Option<Appended>, RoomError>)> = Vec::with_capacity(batch.len());
         let mut heads = Heads::new();
-        let mut jobs = batch.drain(..);
-        while let Some(Job { request, reply }) = jobs.next() {
-            match self.prepare(&mut write, &mut heads, &request).await {
+        // Transactions appended in this group, for a retry that arrives in the same group.
+        let mut in_group: HashMap<OwnedTxn, Pdu> = HashMap::new();
+        let mut jobs = batch.drain(..).zip(earlier);
+        while let Some((Job { request, reply }, earlier)) = jobs.next() {
+            let replay = match &request.txn {
+                Some(txn) => match (in_group.get(txn), earlier) {
+                    (Some(pdu), _) => Some(Ok(pdu.clone())),
+                    (None, Some(event_id)) => Some(stored_pdu(&mut write, &event_id).await),
+                    (None, None) => None,
+                },
+                None => None,
+            };
+            let step = match replay {
+                Some(pdu) => pdu.map(Step::Replay),
+                None => self.prepare(&mut write, &mut heads, &request).await,
+            };
+            match step {
                 Ok(Step::Replay(pdu)) => outcomes.push((reply, Ok(Some(Appended { pdu, replayed: true })))),
                 Ok(Step::Write(prepared)) => match self.apply(&mut write, &mut heads, prepared, &request).await {
-                    Ok(pdu) => outcomes.push((reply, Ok(Some(Appended { pdu, replayed: false })))),
+                    Ok(pdu) => {
+                        if let Some(txn) = &request.txn {
+                            in_group.insert(txn.clone(), pdu.clone());
+                        }
+                        outcomes.push((reply, Ok(Some(Appended { pdu, replayed: false }))));
+                    }
                     Err(err) => {
                         // The transaction may hold part of this event: none of the group commits.
                         drop(write);
                         self.rooms.clear();
                         outcomes.push((reply, Ok(None)));
-                        outcomes.extend(jobs.map(|job| (job.reply, Ok(None))));
+                        outcomes.extend(jobs.map(|(job, _)| (job.reply, Ok(None))));
                         return fail(outcomes.into_iter(), &err);
                     }
                 },
@@ -203,19 +234,13 @@ impl Task {
     }
 
     /// Reads what the event builds on, builds and signs it, and runs the authorization rules.
-    /// Writes nothing.
+    /// Writes nothing. (Repeated transactions were answered before.)
     async fn prepare(
         &mut self,
         write: &mut RoomWrite,
         heads: &mut Heads,
         request: &Request,
     ) -> Result<Step, RoomError> {
-        if let Some(txn) = &request.txn
-            && let Some(event_id) = write.txn_event(txn.key()).await?
-        {
-            let stored = write.events(&[event_id.as_str()]).await?.pop().ok_or(RoomError::NotFound)?;
-            return Ok(Step::Replay(Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?));
-        }
         let now = MilliSecondsSinceUnixEpoch::now();
         let template = request.template.clone();
         let room_id = match &request.target {
@@ -357,6 +382,12 @@ fn fail(outcomes: impl Iterator<Item = (Reply, Result<Option<Appended>, RoomErro
         };
         let _ = reply.send(answer);
     }
+}
+
+/// The event a transaction produced earlier.
+async fn stored_pdu(write: &mut RoomWrite, event_id: &str) -> Result<Pdu, RoomError> {
+    let stored = write.events(&[event_id]).await?.pop().ok_or(RoomError::NotFound)?;
+    Ok(Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json)?)
 }
 
 /// Writes the extremities of the rooms the group appended to.
