@@ -204,7 +204,9 @@ impl Pdu {
 
     /// The PDU as canonical JSON text, for storage.
     pub fn json_string(&self) -> String {
-        CanonicalJsonValue::Object(self.json.clone()).to_string()
+        // Keys are sorted (a BTreeMap) and serde_json writes compactly: canonical JSON, as
+        // `CanonicalJsonValue`'s `Display` would give, without copying the object first.
+        serde_json::to_string(&self.json).unwrap_or_default()
     }
 
     /// The content as a JSON value.
@@ -227,26 +229,15 @@ impl Pdu {
     /// The event in the Client-Server API's format (`ClientEvent`), with `room_id` unless the
     /// context gives it (sync).
     pub fn to_client_event(&self, with_room_id: bool) -> serde_json::Value {
-        let mut event = serde_json::json!({
-            "type": self.kind.to_string(),
-            "event_id": self.event_id,
-            "sender": self.sender,
-            "origin_server_ts": self.origin_server_ts,
-            "content": self.content_value(),
-            "unsigned": {},
-        });
-        if let Some(state_key) = &self.state_key {
-            event["state_key"] = state_key.as_str().into();
-        }
-        if with_room_id {
-            event["room_id"] = self.room_id.as_str().into();
-        }
-        if let Some(redacts) = &self.redacts {
-            // Room versions 11+ carry `redacts` in content; clients written for older versions
-            // read it at the top level, so it appears in both places.
-            event["redacts"] = redacts.as_str().into();
-        }
-        event
+        let view = EventView {
+            kind: self.kind.to_string(),
+            sender: self.sender.to_string(),
+            state_key: self.state_key.clone(),
+            content: self.content_value(),
+            origin_server_ts: u64::from(self.origin_server_ts.get()),
+            redacts: self.redacts.as_ref().map(ToString::to_string),
+        };
+        view.into_client_event(self.event_id.as_str(), with_room_id.then_some(self.room_id.as_str()))
     }
 
     /// The stripped form used in invite state: type, state key, sender and content.
@@ -257,6 +248,64 @@ impl Pdu {
             "sender": self.sender,
             "content": self.content_value(),
         })
+    }
+}
+
+/// What clients see of a stored PDU, read in one pass: the read paths that serve many events
+/// (sync, pagination) use this rather than [`Pdu`], which builds and checks the whole signed
+/// object. The stored JSON was checked when it was accepted.
+#[derive(Debug, serde::Deserialize)]
+pub struct EventView {
+    /// The event type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Who sent it.
+    pub sender: String,
+    /// Present on state events.
+    #[serde(default)]
+    pub state_key: Option<String>,
+    /// The content.
+    pub content: serde_json::Value,
+    /// When the sending server created it.
+    pub origin_server_ts: u64,
+    /// A redaction's target before room version 11 (later versions carry it in content).
+    #[serde(default)]
+    pub redacts: Option<String>,
+}
+
+impl EventView {
+    /// Reads a stored PDU.
+    pub fn parse(json: &str) -> Result<Self, PduError> {
+        serde_json::from_str(json).map_err(|e| PduError::Invalid(e.to_string()))
+    }
+
+    /// The event in the Client-Server API's format (`ClientEvent`); `room_id` unless the context
+    /// gives it (sync).
+    pub fn into_client_event(self, event_id: &str, room_id: Option<&str>) -> serde_json::Value {
+        let redacts = match self.redacts {
+            Some(redacts) => Some(redacts.into()),
+            None if self.kind == "m.room.redaction" => self.content.get("redacts").cloned(),
+            None => None,
+        };
+        let mut event = serde_json::Map::with_capacity(8);
+        event.insert("type".into(), self.kind.into());
+        event.insert("event_id".into(), event_id.into());
+        event.insert("sender".into(), self.sender.into());
+        event.insert("origin_server_ts".into(), self.origin_server_ts.into());
+        event.insert("content".into(), self.content);
+        event.insert("unsigned".into(), serde_json::Value::Object(serde_json::Map::new()));
+        if let Some(state_key) = self.state_key {
+            event.insert("state_key".into(), state_key.into());
+        }
+        if let Some(room_id) = room_id {
+            event.insert("room_id".into(), room_id.into());
+        }
+        if let Some(redacts) = redacts {
+            // Room versions 11+ carry `redacts` in content; clients written for older versions
+            // read it at the top level, so it appears in both places.
+            event.insert("redacts".into(), redacts);
+        }
+        serde_json::Value::Object(event)
     }
 }
 
@@ -405,5 +454,27 @@ mod tests {
         assert_eq!(redacted.content_value(), serde_json::json!({}));
         assert_eq!(redacted.event_id, message.event_id);
         assert_eq!(redacted.to_client_event(true)["room_id"], "!abc:domain");
+    }
+
+    /// The one-pass view gives clients the same event as the full parse, `redacts` included
+    /// whether the room version keeps it at the top level or in content.
+    #[test]
+    fn event_view_matches_the_full_parse() {
+        let room_id = RoomId::parse("!abc:domain").unwrap();
+        let sender = UserId::parse("@alice:domain").unwrap();
+        for rules in [RoomVersionRules::V10, RoomVersionRules::V11] {
+            let template = PduTemplate {
+                kind: TimelineEventType::RoomRedaction,
+                state_key: None,
+                content: serde_json::json!({"redacts": "$target", "reason": "spam"}),
+            };
+            let placement =
+                Placement { room_id: Some(&room_id), rules: &rules, prev_events: vec![], auth_events: vec![], depth: 2 };
+            let pdu = template.build(&sender, placement, MilliSecondsSinceUnixEpoch::now(), &spec_key()).unwrap();
+            let view = EventView::parse(&pdu.json_string()).unwrap();
+            let event = view.into_client_event(pdu.event_id.as_str(), Some(room_id.as_str()));
+            assert_eq!(event, pdu.to_client_event(true));
+            assert_eq!(event["redacts"], "$target");
+        }
     }
 }

@@ -107,11 +107,13 @@ impl<'a> Filter<'a> {
     /// Whether the user may see `event`, by the spec's rules applied to the state at the event:
     /// `world_readable`; joined then; `shared` and joined at any point after; `invited` and
     /// invited then. A user always sees their own membership events.
-    pub async fn allows(&mut self, event: &StoredEvent, pdu: &Pdu) -> Result<bool, RoomError> {
-        if self.sees_everything
-            || (pdu.state_key.as_deref() == Some(self.user_id)
-                && pdu.kind == ruma_events::TimelineEventType::RoomMember)
-        {
+    pub async fn allows(
+        &mut self,
+        event: &StoredEvent,
+        kind: &str,
+        state_key: Option<&str>,
+    ) -> Result<bool, RoomError> {
+        if self.sees_everything || (state_key == Some(self.user_id) && kind == "m.room.member") {
             return Ok(true);
         }
         let (visibility, membership) = match self.by_group.get(&event.state_group) {

@@ -378,9 +378,34 @@ impl Storage {
 }
 
 impl RoomWrite {
-    /// A room's version and current state group, read under the write lock.
-    pub async fn room(&mut self, room_id: &str) -> Result<Option<Room>> {
-        room_row(&mut *self.tx, room_id).await
+    /// A room's version, current state group and forward extremities (with their depths),
+    /// read under the write lock in one query.
+    pub async fn room_head(&mut self, room_id: &str) -> Result<Option<(Room, Vec<(String, i64)>)>> {
+        self.flush().await?;
+        let rows = sqlx::query(
+            "SELECT r.room_version, r.current_group, r.published, f.event_id, e.depth FROM rooms r \
+             LEFT JOIN forward_extremities f ON f.room_id = r.room_id \
+             LEFT JOIN events e ON e.event_id = f.event_id \
+             WHERE r.room_id = $1 ORDER BY f.event_id",
+        )
+        .bind(room_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let room = Room {
+            version: first.try_get(0)?,
+            current_group: first.try_get(1)?,
+            published: first.try_get::<i64, _>(2)? != 0,
+        };
+        let mut extremities = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let (Some(event_id), Some(depth)) =
+                (row.try_get::<Option<String>, _>(3)?, row.try_get::<Option<i64>, _>(4)?)
+            {
+                extremities.push((event_id, depth));
+            }
+        }
+        Ok(Some((room, extremities)))
     }
 
     /// Registers a new room (before its create event is appended).
@@ -410,18 +435,6 @@ impl RoomWrite {
             events.extend(events_by_id(&mut *self.tx, chunk).await?);
         }
         Ok(events)
-    }
-
-    /// The room's forward extremities with their depths.
-    pub async fn extremities(&mut self, room_id: &str) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT f.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_id = f.event_id \
-             WHERE f.room_id = $1 ORDER BY f.event_id",
-        )
-        .bind(room_id)
-        .fetch_all(&mut *self.tx)
-        .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
     /// The events earlier client transactions produced, for as many transactions as given:

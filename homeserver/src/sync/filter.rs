@@ -5,7 +5,6 @@
 use serde::Deserialize;
 
 use crate::api::error::MatrixError;
-use crate::rooms::pdu::Pdu;
 
 /// A room event filter.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -63,11 +62,6 @@ impl RoomEventFilter {
             None => Ok(Self::default()),
             Some(json) => serde_json::from_str(json).map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}"))),
         }
-    }
-
-    /// Whether an event passes the type filters.
-    pub fn matches(&self, pdu: &Pdu) -> bool {
-        self.matches_type(&pdu.kind.to_string())
     }
 
     /// Whether an event type passes the type filters.

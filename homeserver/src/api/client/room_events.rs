@@ -13,7 +13,7 @@ use crate::api::auth::AuthedUser;
 use crate::api::error::{ApiResult, MatrixError};
 use crate::rooms::RoomError;
 use crate::rooms::create::state_template;
-use crate::rooms::pdu::{Pdu, PduTemplate};
+use crate::rooms::pdu::{EventView, Pdu, PduTemplate};
 use crate::rooms::timeline::{self, Target};
 use crate::rooms::visibility::{self, StateView};
 use crate::state::AppState;
@@ -293,7 +293,7 @@ impl RoomEventsApi {
             state.storage.event(&event_id).await?.filter(|e| e.room_id == room_id.as_str()).ok_or_else(not_found)?;
         let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
         let mut filter = visibility::Filter::new(&state.storage, room_id.as_str(), &user.user_id).await?;
-        if !filter.allows(&stored, &pdu).await? {
+        if !filter.allows(&stored, &pdu.kind.to_string(), pdu.state_key.as_deref()).await? {
             return Err(not_found());
         }
         Ok(Json(pdu.to_client_event(true)))
@@ -326,7 +326,7 @@ impl RoomEventsApi {
             state.storage.event(&event_id).await?.filter(|e| e.room_id == room_id.as_str()).ok_or_else(not_found)?;
         let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
         let mut visibility = visibility::Filter::new(&state.storage, room_id.as_str(), &user.user_id).await?;
-        if !visibility.allows(&stored, &pdu).await? {
+        if !visibility.allows(&stored, &pdu.kind.to_string(), pdu.state_key.as_deref()).await? {
             return Err(not_found());
         }
         let limit = limit.0.unwrap_or(10).clamp(0, MAX_PAGE);
@@ -525,10 +525,12 @@ impl RoomEventsApi {
         let mut chunk = Vec::with_capacity(page.len());
         let mut senders = std::collections::BTreeSet::new();
         for stored in &page {
-            let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
-            if visibility.allows(stored, &pdu).await? && filter.matches(&pdu) {
-                senders.insert(pdu.sender.to_string());
-                chunk.push(pdu.to_client_event(true));
+            let view = EventView::parse(&stored.json).map_err(RoomError::from)?;
+            if filter.matches_type(&view.kind)
+                && visibility.allows(stored, &view.kind, view.state_key.as_deref()).await?
+            {
+                senders.insert(view.sender.clone());
+                chunk.push(view.into_client_event(&stored.event_id, Some(&stored.room_id)));
             }
         }
         let state_events = if filter.lazy_load_members {
@@ -597,9 +599,9 @@ async fn visible_events(
 ) -> Result<Vec<(i64, Value)>, MatrixError> {
     let mut out = Vec::new();
     for stored in events {
-        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
-        if filter.matches(&pdu) && visibility.allows(&stored, &pdu).await? {
-            out.push((stored.state_group, pdu.to_client_event(true)));
+        let view = EventView::parse(&stored.json).map_err(RoomError::from)?;
+        if filter.matches_type(&view.kind) && visibility.allows(&stored, &view.kind, view.state_key.as_deref()).await? {
+            out.push((stored.state_group, view.into_client_event(&stored.event_id, Some(&stored.room_id))));
         }
     }
     Ok(out)

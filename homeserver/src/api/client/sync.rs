@@ -19,7 +19,7 @@ use crate::api::Tag;
 use crate::api::auth::AuthedUser;
 use crate::api::error::{ApiResult, MatrixError};
 use crate::rooms::RoomError;
-use crate::rooms::pdu::Pdu;
+use crate::rooms::pdu::{EventView, Pdu};
 use crate::rooms::visibility;
 use crate::state::AppState;
 use crate::storage::{StateIds, StoredEvent};
@@ -296,21 +296,29 @@ async fn compute(
     // lost between two syncs.
     let memberships = state.storage.memberships_of(&user.user_id).await?;
     let position = state.storage.max_stream_ordering().await?;
-    let forgotten: BTreeSet<String> = state.storage.forgotten_rooms(&user.user_id).await?.into_iter().collect();
+    // The rest are independent reads: concurrently, on as many connections.
+    let after = since.unwrap_or(0);
+    let (forgotten, account_data_rows, changed, ephemeral, presence) = tokio::try_join!(
+        async { Ok::<_, MatrixError>(state.storage.forgotten_rooms(&user.user_id).await?) },
+        async { Ok::<_, MatrixError>(state.storage.account_data_since(&user.user_id, after, position).await?) },
+        // An incremental sync looks only at rooms where something happened in the range.
+        async {
+            match since {
+                Some(since) if !full_state => Ok(Some(state.storage.rooms_changed(since, position).await?)),
+                _ => Ok::<_, MatrixError>(None),
+            }
+        },
+        Ephemeral::of(state, &user.user_id, since, position),
+        presence_events(state, &user.user_id, since, position),
+    )?;
+    let forgotten: BTreeSet<String> = forgotten.into_iter().collect();
+    let changed: Option<BTreeSet<String>> = changed.map(|rooms| rooms.into_iter().collect());
     let mut account_data: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for (room_id, kind, content) in
-        state.storage.account_data_since(&user.user_id, since.unwrap_or(0), position).await?
-    {
+    for (room_id, kind, content) in account_data_rows {
         let content: Value = serde_json::from_str(&content).unwrap_or(Value::Null);
         account_data.entry(room_id).or_default().push(serde_json::json!({"type": kind, "content": content}));
     }
     let global_account_data = account_data.remove("").unwrap_or_default();
-    // An incremental sync looks only at rooms where something happened in the range.
-    let changed: Option<BTreeSet<String>> = match since {
-        Some(since) if !full_state => Some(state.storage.rooms_changed(since, position).await?.into_iter().collect()),
-        _ => None,
-    };
-    let ephemeral = Ephemeral::of(state, &user.user_id, since, position).await?;
     let mut rooms = Rooms::default();
     let mut joined = Vec::new();
     for (room_id, membership, membership_at) in memberships {
@@ -373,7 +381,6 @@ async fn compute(
             rooms.join.insert(room_id, entry);
         }
     }
-    let presence = presence_events(state, &user.user_id, since, position).await?;
     Ok(SyncResponse {
         next_batch: token::sync(position),
         rooms,
@@ -435,17 +442,27 @@ async fn room_timeline(
 ) -> Result<RoomTimeline, MatrixError> {
     let limit = filter.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, MAX_TIMELINE_LIMIT);
     // One extra row tells whether the page is `limited`.
-    let mut page = state.storage.room_events_between(room_id, since.unwrap_or(0), until, limit + 1, true).await?;
+    let (mut page, mut visibility) = tokio::try_join!(
+        async {
+            Ok::<_, MatrixError>(
+                state.storage.room_events_between(room_id, since.unwrap_or(0), until, limit + 1, true).await?,
+            )
+        },
+        async {
+            Ok::<_, MatrixError>(
+                visibility::Filter::knowing_membership(&state.storage, room_id, &user.user_id, joined).await?,
+            )
+        },
+    )?;
     let limited = page.len() as i64 > limit;
     if limited {
         page.remove(0);
     }
-    let mut visibility = visibility::Filter::knowing_membership(&state.storage, room_id, &user.user_id, joined).await?;
     let mut events = Vec::with_capacity(page.len());
     for stored in &page {
-        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
-        if filter.matches(&pdu) && visibility.allows(stored, &pdu).await? {
-            events.push(pdu.to_client_event(false));
+        let view = EventView::parse(&stored.json).map_err(RoomError::from)?;
+        if filter.matches_type(&view.kind) && visibility.allows(stored, &view.kind, view.state_key.as_deref()).await? {
+            events.push(view.into_client_event(&stored.event_id, None));
         }
     }
     let prev_batch = page.first().map_or(until, |e| e.stream_ordering - 1);
@@ -473,8 +490,12 @@ async fn joined_room(
     changed: &Ephemeral,
 ) -> Result<Option<JoinedRoom>, MatrixError> {
     let RoomSections { since, position, full_state, account_data } = sections;
-    let timeline = room_timeline(state, user, room_id, (since, position), true, &filter.room.timeline).await?;
-    let ephemeral = ephemeral_events(state, &user.user_id, room_id, (since, position), changed).await?;
+    let (timeline, ephemeral, unread_notifications, summary) = tokio::try_join!(
+        room_timeline(state, user, room_id, (since, position), true, &filter.room.timeline),
+        ephemeral_events(state, &user.user_id, room_id, (since, position), changed),
+        unread(state, room_id, &user.user_id, position),
+        summary(state, room_id, &user.user_id),
+    )?;
     if since.is_some() && timeline.first.is_none() && !full_state && ephemeral.is_empty() && account_data.is_empty() {
         return Ok(None);
     }
@@ -489,14 +510,13 @@ async fn joined_room(
     if filter.room.state.lazy_load_members {
         lazy_members(state, room_id, &timeline, &mut state_events).await?;
     }
-    let unread_notifications = unread(state, room_id, &user.user_id, position).await?;
     Ok(Some(JoinedRoom {
         state: EventList { events: state_events },
         timeline: timeline.into(),
         ephemeral: EventList { events: ephemeral },
         account_data: EventList { events: account_data },
         unread_notifications,
-        summary: summary(state, room_id, &user.user_id).await?,
+        summary,
     }))
 }
 
@@ -598,8 +618,8 @@ async fn lazy_members(
     let ids: Vec<String> =
         missing.iter().filter_map(|s| at_start.get(&("m.room.member".to_owned(), (*s).to_owned())).cloned()).collect();
     for stored in state.storage.events(&ids).await? {
-        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
-        state_events.push(pdu.to_client_event(false));
+        let view = EventView::parse(&stored.json).map_err(RoomError::from)?;
+        state_events.push(view.into_client_event(&stored.event_id, None));
     }
     Ok(())
 }
@@ -619,13 +639,12 @@ async fn unread(
     let localpart = user_id.trim_start_matches('@').split(':').next().unwrap_or_default().to_lowercase();
     let mut counts = UnreadNotifications::default();
     for stored in &events {
-        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
-        let kind = pdu.kind.to_string();
-        if pdu.sender.as_str() == user_id || !matches!(kind.as_str(), "m.room.message" | "m.room.encrypted") {
+        let view = EventView::parse(&stored.json).map_err(RoomError::from)?;
+        if view.sender == user_id || !matches!(view.kind.as_str(), "m.room.message" | "m.room.encrypted") {
             continue;
         }
         counts.notification_count += 1;
-        let content = pdu.content_value();
+        let content = &view.content;
         let mentioned =
             content["m.mentions"]["user_ids"].as_array().is_some_and(|ids| ids.iter().any(|id| id == user_id))
                 || content["body"].as_str().is_some_and(|body| body.to_lowercase().contains(&localpart));
@@ -658,8 +677,8 @@ async fn state_before(
         before.iter().filter(|(key, id)| known.get(*key) != Some(*id)).map(|(_, id)| id.clone()).collect();
     let mut events = Vec::with_capacity(ids.len());
     for stored in state.storage.events(&ids).await? {
-        let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
-        events.push(pdu.to_client_event(false));
+        let view = EventView::parse(&stored.json).map_err(RoomError::from)?;
+        events.push(view.into_client_event(&stored.event_id, None));
     }
     Ok(events)
 }

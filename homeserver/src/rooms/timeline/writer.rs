@@ -151,6 +151,8 @@ impl Task {
     }
 
     async fn write_batch(&mut self, batch: &mut Vec<Job>) {
+        let started = std::time::Instant::now();
+        let size = batch.len();
         let mut write = match self.storage.begin_room_write().await {
             Ok(write) => write,
             Err(err) => return fail(batch.drain(..).map(|job| (job.reply, Ok(None))), &err),
@@ -219,8 +221,10 @@ impl Task {
             self.rooms.clear();
             return fail(outcomes.into_iter(), &err);
         }
+        let prepared = started.elapsed();
         match write.commit().await {
             Ok(position) => {
+                tracing::debug!(size, ?prepared, elapsed = ?started.elapsed(), "appended a group of events");
                 crate::state::notify(&self.notifier, position);
                 for (reply, outcome) in outcomes {
                     let _ = reply.send(outcome.map(|appended| appended.expect("every success carries its event")));
@@ -262,8 +266,7 @@ impl Task {
         let head = match heads.entry(room_id.clone()) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                let room = write.room(room_id.as_str()).await?.ok_or(RoomError::NotFound)?;
-                let extremities = write.extremities(room_id.as_str()).await?;
+                let (room, extremities) = write.room_head(room_id.as_str()).await?.ok_or(RoomError::NotFound)?;
                 let head = Head { version: room.version, group: room.current_group, extremities, moved: false };
                 entry.insert(head)
             }
@@ -413,7 +416,10 @@ async fn authorize(
     // Everything the rules may look at: the event's auth events, and from the current state the
     // create, power levels and join rules events, third-party invites, and the member events of
     // the sender, the target and a restricted join's authorising user — not every member.
-    let content = pdu.content_value();
+    let content = match pdu.kind {
+        TimelineEventType::RoomMember => pdu.content_value(),
+        _ => serde_json::Value::Null,
+    };
     let members: Vec<&str> =
         [Some(pdu.sender.as_str()), pdu.state_key.as_deref(), content["join_authorised_via_users_server"].as_str()]
             .into_iter()
