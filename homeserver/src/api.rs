@@ -33,6 +33,9 @@ pub enum Tag {
     /// A user's devices.
     #[oai(rename = "Device management")]
     DeviceManagement,
+    /// Keys for end-to-end encryption, to-device messages, key backup.
+    #[oai(rename = "End-to-end encryption")]
+    EndToEndEncryption,
     /// Finding the server and the spec versions it speaks.
     #[oai(rename = "Server discovery")]
     ServerDiscovery,
@@ -71,7 +74,9 @@ type RoomApis = (
 );
 
 /// Every API area; nested because tuples implement `Default` only up to twelve elements.
-type Apis = (AccountApis, RoomApis);
+type E2eeApis = (client::keys::KeysApi, client::to_device::ToDeviceApi, client::key_backup::KeyBackupApi);
+
+type Apis = (AccountApis, RoomApis, E2eeApis);
 
 /// The OpenAPI service with every endpoint.
 pub fn service() -> OpenApiService<Apis, ()> {

@@ -19,6 +19,7 @@ pub mod accounts;
 pub mod api;
 pub mod config;
 pub mod crypto;
+pub mod e2ee;
 pub mod rate_limit;
 pub mod rooms;
 pub mod state;

@@ -8,9 +8,12 @@
 mod accounts;
 mod aliases;
 mod filters;
+mod key_backup;
+mod keys;
 mod profile;
 mod rooms;
 mod streams;
+mod to_device;
 mod uia;
 
 use std::str::FromStr;
@@ -20,8 +23,11 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use accounts::{Device, NewLogin, TokenOwner};
+pub use key_backup::{BackupKey, BackupVersion};
+pub use keys::{KeySignature, StoredDeviceKeys, UploadedKey};
 pub use rooms::{NewEvent, Room, RoomWrite, StateIds, StateKey, StoredEvent, TxnKey};
 pub use streams::{Presence, Receipt};
+pub use to_device::{Recipient, ToDeviceMessage};
 pub use uia::UiaSession;
 
 /// Errors of the storage layer.

@@ -31,6 +31,8 @@ pub enum ErrCode {
     InvalidParam,
     /// `M_INVALID_ROOM_STATE`: `initial_state` of `createRoom` is invalid.
     InvalidRoomState,
+    /// `M_INVALID_SIGNATURE`: a signature on uploaded keys does not verify.
+    InvalidSignature,
     /// `M_INVALID_USERNAME`: the requested user ID is not valid.
     InvalidUsername,
     /// `M_KEY_TOO_LARGE`: a profile key over 255 bytes.
@@ -63,6 +65,9 @@ pub enum ErrCode {
     UnsupportedRoomVersion,
     /// `M_USER_IN_USE`: the requested user ID is taken.
     UserInUse,
+    /// `M_WRONG_ROOM_KEYS_VERSION`: keys were sent for a backup version that is not the current
+    /// one; comes with `current_version`.
+    WrongRoomKeysVersion,
 }
 
 impl ErrCode {
@@ -74,6 +79,7 @@ impl ErrCode {
             Self::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
             Self::InvalidParam => "M_INVALID_PARAM",
             Self::InvalidRoomState => "M_INVALID_ROOM_STATE",
+            Self::InvalidSignature => "M_INVALID_SIGNATURE",
             Self::InvalidUsername => "M_INVALID_USERNAME",
             Self::KeyTooLarge => "M_KEY_TOO_LARGE",
             Self::LimitExceeded => "M_LIMIT_EXCEEDED",
@@ -90,6 +96,7 @@ impl ErrCode {
             Self::Unrecognized => "M_UNRECOGNIZED",
             Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
             Self::UserInUse => "M_USER_IN_USE",
+            Self::WrongRoomKeysVersion => "M_WRONG_ROOM_KEYS_VERSION",
         }
     }
 }
@@ -108,12 +115,21 @@ pub struct MatrixError {
     pub retry_after_ms: Option<u64>,
     /// For `M_UNKNOWN_TOKEN`: whether the client may keep its keys (soft logout).
     pub soft_logout: Option<bool>,
+    /// For `M_WRONG_ROOM_KEYS_VERSION`: the current backup version.
+    pub current_version: Option<String>,
 }
 
 impl MatrixError {
     /// An error with the given code, status and message.
     pub fn new(errcode: ErrCode, status: StatusCode, message: impl Into<String>) -> Self {
-        Self { errcode, status, message: message.into(), retry_after_ms: None, soft_logout: None }
+        Self {
+            errcode,
+            status,
+            message: message.into(),
+            retry_after_ms: None,
+            soft_logout: None,
+            current_version: None,
+        }
     }
 
     /// 400 `M_BAD_JSON`.
@@ -148,6 +164,7 @@ impl MatrixError {
             error: self.message.clone(),
             retry_after_ms: self.retry_after_ms,
             soft_logout: self.soft_logout,
+            current_version: self.current_version.clone(),
         }
     }
 }
@@ -166,6 +183,8 @@ pub struct ErrorBody {
     /// With `M_UNKNOWN_TOKEN`: `true` if the client may log in again without losing its
     /// device and keys.
     pub soft_logout: Option<bool>,
+    /// With `M_WRONG_ROOM_KEYS_VERSION`: the current backup version.
+    pub current_version: Option<String>,
 }
 
 impl poem::error::ResponseError for MatrixError {
@@ -275,6 +294,23 @@ impl From<RoomError> for MatrixError {
                 tracing::error!(%reason, "room data failure");
                 Self::internal()
             }
+        }
+    }
+}
+
+impl From<crate::e2ee::E2eeError> for MatrixError {
+    fn from(err: crate::e2ee::E2eeError) -> Self {
+        use crate::e2ee::E2eeError;
+        match err {
+            E2eeError::Invalid(reason) => Self::invalid_param(capitalize(&reason)),
+            E2eeError::InvalidSignature(reason) => {
+                Self::new(ErrCode::InvalidSignature, StatusCode::BAD_REQUEST, capitalize(&reason))
+            }
+            E2eeError::Missing(reason) => {
+                Self::new(ErrCode::MissingParam, StatusCode::BAD_REQUEST, capitalize(&reason))
+            }
+            E2eeError::Forbidden(reason) => Self::forbidden(capitalize(&reason)),
+            E2eeError::Storage(err) => err.into(),
         }
     }
 }

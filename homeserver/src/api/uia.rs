@@ -84,6 +84,8 @@ pub struct AuthenticationResponse {
     pub retry_after_ms: Option<u64>,
     /// With `M_UNKNOWN_TOKEN`: whether the client may log in again keeping its device.
     pub soft_logout: Option<bool>,
+    /// With `M_WRONG_ROOM_KEYS_VERSION`: the current backup version.
+    pub current_version: Option<String>,
     /// The flows the client may follow.
     pub flows: Option<Vec<Flow>>,
     /// Per-stage parameters.
@@ -295,6 +297,7 @@ fn auth_required(req: &Request<'_>, session: String, completed: Vec<String>, err
         error: error.map(|e| e.message),
         retry_after_ms: None,
         soft_logout: None,
+        current_version: None,
         flows: Some(
             req.flows.iter().map(|stages| Flow { stages: stages.iter().map(|s| (*s).to_owned()).collect() }).collect(),
         ),

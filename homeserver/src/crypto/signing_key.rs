@@ -37,7 +37,7 @@ pub enum SigningKeyError {
 
 /// Reads keys the way other Matrix implementations write them: padded or not, and tolerant of
 /// non-zero trailing bits (the spec's own test seed has them).
-const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
+pub(crate) const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new()
         .with_decode_allow_trailing_bits(true)

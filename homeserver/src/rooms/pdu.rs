@@ -468,8 +468,13 @@ mod tests {
                 state_key: None,
                 content: serde_json::json!({"redacts": "$target", "reason": "spam"}),
             };
-            let placement =
-                Placement { room_id: Some(&room_id), rules: &rules, prev_events: vec![], auth_events: vec![], depth: 2 };
+            let placement = Placement {
+                room_id: Some(&room_id),
+                rules: &rules,
+                prev_events: vec![],
+                auth_events: vec![],
+                depth: 2,
+            };
             let pdu = template.build(&sender, placement, MilliSecondsSinceUnixEpoch::now(), &spec_key()).unwrap();
             let view = EventView::parse(&pdu.json_string()).unwrap();
             let event = view.into_client_event(pdu.event_id.as_str(), Some(room_id.as_str()));

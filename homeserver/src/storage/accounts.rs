@@ -87,12 +87,13 @@ impl Storage {
 
     /// Replaces a user's password hash and, when `keep_device` is given, logs out every other
     /// device of the user (deleting them, as the spec's `logout_devices` asks), atomically.
+    /// Returns the position of the device list change when devices were deleted.
     pub async fn set_password_hash(
         &self,
         user_id: &str,
         password_hash: &str,
         logout_others: Option<&str>,
-    ) -> Result<()> {
+    ) -> Result<Option<i64>> {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE user_id = $2")
             .bind(password_hash)
@@ -102,7 +103,16 @@ impl Storage {
         if done.rows_affected() == 0 {
             return Err(Error::NotFound);
         }
+        let mut position = None;
         if let Some(keep) = logout_others {
+            let others = sqlx::query("SELECT device_id FROM devices WHERE user_id = $1 AND device_id <> $2")
+                .bind(user_id)
+                .bind(keep)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<Vec<String>, _>>()?;
             sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
                 .bind(user_id)
                 .bind(keep)
@@ -113,9 +123,15 @@ impl Storage {
                 .bind(keep)
                 .execute(&mut *tx)
                 .await?;
+            for device_id in &others {
+                super::keys::delete_device_data(&mut tx, user_id, device_id).await?;
+            }
+            if !others.is_empty() {
+                position = Some(super::keys::mark_device_list_change(&mut tx, user_id).await?);
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(position)
     }
 
     /// Records a login: creates the device if it is new and issues the token, replacing any
@@ -192,8 +208,9 @@ impl Storage {
         Ok(())
     }
 
-    /// Deletes devices of a user together with their access tokens. Unknown IDs are skipped.
-    pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<()> {
+    /// Deletes devices of a user together with their access tokens, keys and pending to-device
+    /// messages. Unknown IDs are skipped. Returns the position of the device list change.
+    pub async fn delete_devices(&self, user_id: &str, device_ids: &[String]) -> Result<i64> {
         let mut tx = self.begin_write().await?;
         for device_id in device_ids {
             // Tokens go first and explicitly: the foreign key cascade would do it too, but
@@ -208,18 +225,23 @@ impl Storage {
                 .bind(device_id)
                 .execute(&mut *tx)
                 .await?;
+            super::keys::delete_device_data(&mut tx, user_id, device_id).await?;
         }
+        let position = super::keys::mark_device_list_change(&mut tx, user_id).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(position)
     }
 
-    /// Deletes every device and access token of a user.
-    pub async fn delete_all_devices(&self, user_id: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM devices WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
+    /// Deletes every device of a user as [`Self::delete_devices`] does.
+    pub async fn delete_all_devices(&self, user_id: &str) -> Result<i64> {
+        let devices = sqlx::query("SELECT device_id FROM devices WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<Vec<String>, _>>()?;
+        self.delete_devices(user_id, &devices).await
     }
 }
 

@@ -356,6 +356,28 @@ impl Storage {
         Ok(events)
     }
 
+    /// Member events in `(after, until]` of the rooms `user_id` has a membership in, oldest first:
+    /// `(room, target user, PDU JSON)`.
+    pub async fn membership_events_in_my_rooms(
+        &self,
+        user_id: &str,
+        after: i64,
+        until: i64,
+    ) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT room_id, state_key, json FROM events \
+             WHERE event_type = 'm.room.member' AND stream_ordering > $2 AND stream_ordering <= $3 AND room_id IN ( \
+                 SELECT room_id FROM current_state WHERE event_type = 'm.room.member' AND state_key = $1) \
+             ORDER BY stream_ordering",
+        )
+        .bind(user_id)
+        .bind(after)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+
     /// Marks a room forgotten by a user (or remembered again).
     pub async fn set_forgotten(&self, user_id: &str, room_id: &str, forgotten: bool) -> Result<()> {
         let sql = if forgotten {

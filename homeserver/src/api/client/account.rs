@@ -81,7 +81,9 @@ impl AccountApi {
         let completed = uia::authenticate(&state, uia_request, body.auth.as_ref()).await?;
         let hash = password::hash(body.new_password).await?;
         let keep = body.logout_devices.unwrap_or(true).then_some(user.device_id.as_str());
-        state.storage.set_password_hash(&user.user_id, &hash, keep).await?;
+        if let Some(position) = state.storage.set_password_hash(&user.user_id, &hash, keep).await? {
+            state.notify(position);
+        }
         completed.finish(&state).await?;
         tracing::info!(user_id = %user.user_id, "password changed");
         Ok(Json(Empty {}))

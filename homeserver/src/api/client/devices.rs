@@ -193,7 +193,8 @@ async fn delete(
         ip: client_ip(req),
     };
     let completed = uia::authenticate(state, uia_request, auth.as_ref()).await?;
-    state.storage.delete_devices(&user.user_id, &device_ids).await?;
+    let position = state.storage.delete_devices(&user.user_id, &device_ids).await?;
+    state.notify(position);
     completed.finish(state).await?;
     Ok(Json(Empty {}))
 }

@@ -164,7 +164,8 @@ impl LoginApi {
     /// <https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3logout>
     #[oai(path = "/_matrix/client/v3/logout", method = "post", operation_id = "logout")]
     async fn logout(&self, state: Data<&AppState>, user: AuthedUser) -> ApiResult<Json<Empty>> {
-        state.storage.delete_devices(&user.user_id, std::slice::from_ref(&user.device_id)).await?;
+        let position = state.storage.delete_devices(&user.user_id, std::slice::from_ref(&user.device_id)).await?;
+        state.notify(position);
         Ok(Json(Empty {}))
     }
 
@@ -174,7 +175,8 @@ impl LoginApi {
     /// <https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3logoutall>
     #[oai(path = "/_matrix/client/v3/logout/all", method = "post", operation_id = "logout_all")]
     async fn logout_all(&self, state: Data<&AppState>, user: AuthedUser) -> ApiResult<Json<Empty>> {
-        state.storage.delete_all_devices(&user.user_id).await?;
+        let position = state.storage.delete_all_devices(&user.user_id).await?;
+        state.notify(position);
         Ok(Json(Empty {}))
     }
 }

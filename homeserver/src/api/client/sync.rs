@@ -197,7 +197,7 @@ impl SyncApi {
             let position = state.storage.set_presence(&user.user_id, &wanted, None, crate::storage::now_ms()).await?;
             state.notify(position);
         }
-        let since = since.0.as_deref().map(token::position).transpose()?;
+        let since = since.0.as_deref().map(token::parse).transpose()?;
         let filter = load_filter(&state, &user, filter.0.as_deref()).await?;
         let full_state = full_state.0.unwrap_or(false);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout.0.unwrap_or(0).min(MAX_TIMEOUT_MS));
@@ -209,7 +209,10 @@ impl SyncApi {
                 && response.rooms.invite.is_empty()
                 && response.rooms.leave.is_empty()
                 && response.account_data.events.is_empty()
-                && response.presence.events.is_empty();
+                && response.presence.events.is_empty()
+                && response.to_device.events.is_empty()
+                && response.device_lists.changed.is_empty()
+                && response.device_lists.left.is_empty();
             if since.is_none() || full_state || !empty {
                 return Ok(Json(response));
             }
@@ -287,10 +290,11 @@ async fn load_filter(state: &AppState, user: &AuthedUser, filter: Option<&str>) 
 async fn compute(
     state: &AppState,
     user: &AuthedUser,
-    since: Option<i64>,
+    since_token: Option<token::SyncToken>,
     full_state: bool,
     filter: &Filter,
 ) -> Result<SyncResponse, MatrixError> {
+    let since = since_token.map(|t| t.position);
     // Memberships first, the position after: a membership change that commits in between is
     // then inside the range this response covers (its event is in the room's timeline), never
     // lost between two syncs.
@@ -298,7 +302,7 @@ async fn compute(
     let position = state.storage.max_stream_ordering().await?;
     // The rest are independent reads: concurrently, on as many connections.
     let after = since.unwrap_or(0);
-    let (forgotten, account_data_rows, changed, ephemeral, presence) = tokio::try_join!(
+    let (forgotten, account_data_rows, changed, ephemeral, presence, device) = tokio::try_join!(
         async { Ok::<_, MatrixError>(state.storage.forgotten_rooms(&user.user_id).await?) },
         async { Ok::<_, MatrixError>(state.storage.account_data_since(&user.user_id, after, position).await?) },
         // An incremental sync looks only at rooms where something happened in the range.
@@ -310,6 +314,7 @@ async fn compute(
         },
         Ephemeral::of(state, &user.user_id, since, position),
         presence_events(state, &user.user_id, since, position),
+        device_updates(state, user, since_token, position),
     )?;
     let forgotten: BTreeSet<String> = forgotten.into_iter().collect();
     let changed: Option<BTreeSet<String>> = changed.map(|rooms| rooms.into_iter().collect());
@@ -382,15 +387,74 @@ async fn compute(
         }
     }
     Ok(SyncResponse {
-        next_batch: token::sync(position),
+        next_batch: token::sync(position, device.to_device_position),
         rooms,
         presence: EventList { events: presence },
         account_data: EventList { events: global_account_data },
-        to_device: EventList::default(),
-        device_lists: DeviceLists::default(),
-        device_one_time_keys_count: BTreeMap::new(),
-        device_unused_fallback_key_types: Vec::new(),
+        to_device: EventList { events: device.to_device },
+        device_lists: device.device_lists,
+        device_one_time_keys_count: device.one_time_key_counts,
+        device_unused_fallback_key_types: device.unused_fallback_key_types,
     })
+}
+
+/// The most to-device messages one sync carries; the rest follow in the next ones.
+const MAX_TO_DEVICE_PER_SYNC: i64 = 100;
+
+/// What a sync tells the device about encryption.
+struct DeviceUpdates {
+    to_device: Vec<Value>,
+    /// To-device messages up to here are in this response.
+    to_device_position: i64,
+    device_lists: DeviceLists,
+    one_time_key_counts: BTreeMap<String, i64>,
+    unused_fallback_key_types: Vec<String>,
+}
+
+/// To-device messages for the device (acknowledging those the previous sync delivered), device
+/// list changes, and the device's key counts.
+async fn device_updates(
+    state: &AppState,
+    user: &AuthedUser,
+    since: Option<token::SyncToken>,
+    position: i64,
+) -> Result<DeviceUpdates, MatrixError> {
+    let (user_id, device_id) = (user.user_id.as_str(), user.device_id.as_str());
+    let storage = &state.storage;
+    // Messages up to the `since` token's to-device position reached the client: a sync with
+    // that token is its acknowledgement. Until then they are sent again, never lost.
+    let acknowledged = since.map_or(0, |t| t.to_device);
+    let mut pending = storage.to_device_messages(user_id, device_id, position, MAX_TO_DEVICE_PER_SYNC + 1).await?;
+    if pending.first().is_some_and(|m| m.stream_id <= acknowledged) {
+        storage.acknowledge_to_device(user_id, device_id, acknowledged).await?;
+        pending = storage.to_device_messages(user_id, device_id, position, MAX_TO_DEVICE_PER_SYNC + 1).await?;
+    }
+    let mut to_device_position = position;
+    if pending.len() as i64 > MAX_TO_DEVICE_PER_SYNC {
+        // A device has at most one message per position, so the next sync resumes after the
+        // last one carried here.
+        pending.truncate(MAX_TO_DEVICE_PER_SYNC as usize);
+        to_device_position = pending.last().map_or(acknowledged, |m| m.stream_id);
+    }
+    let to_device = pending
+        .into_iter()
+        .map(|m| {
+            let content: Value = serde_json::from_str(&m.content).unwrap_or(Value::Null);
+            serde_json::json!({"type": m.event_type, "sender": m.sender, "content": content})
+        })
+        .collect();
+    let device_lists = match since {
+        Some(since) => {
+            let changes = crate::e2ee::device_lists::changes(storage, user_id, since.position, position).await?;
+            DeviceLists { changed: changes.changed, left: changes.left }
+        }
+        None => DeviceLists::default(),
+    };
+    let mut one_time_key_counts = storage.one_time_key_counts(user_id, device_id).await?;
+    // Some clients treat a missing count as "unknown" and never upload; zero is the truth.
+    one_time_key_counts.entry("signed_curve25519".to_owned()).or_insert(0);
+    let unused_fallback_key_types = storage.unused_fallback_algorithms(user_id, device_id).await?;
+    Ok(DeviceUpdates { to_device, to_device_position, device_lists, one_time_key_counts, unused_fallback_key_types })
 }
 
 /// Joined rooms of one sync computed concurrently.
