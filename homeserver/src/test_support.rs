@@ -56,6 +56,47 @@ impl TestDatabase {
             }
         }
     }
+
+    /// Everything the database holds, as text: to check what it does *not* hold (plaintext,
+    /// secrets). SQLite: the database file and its write-ahead log; PostgreSQL: every row of
+    /// every table.
+    pub async fn dump(&self) -> String {
+        match &self.cleanup {
+            Cleanup::Sqlite(_) => {
+                let path = self.url.trim_start_matches("sqlite://").split('?').next().unwrap_or_default().to_owned();
+                let mut text = String::new();
+                for file in [path.clone(), format!("{path}-wal")] {
+                    if let Ok(bytes) = std::fs::read(&file) {
+                        text.push_str(&String::from_utf8_lossy(&bytes));
+                    }
+                }
+                text
+            }
+            Cleanup::Postgres { .. } => {
+                use sqlx::Row;
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("connect to the test database");
+                let tables: Vec<String> =
+                    sqlx::query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
+                        .fetch_all(&mut conn)
+                        .await
+                        .expect("list tables")
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                let mut text = String::new();
+                for table in tables {
+                    // Table names come from the catalogue, quoted.
+                    let sql = format!("SELECT CAST(t AS TEXT) FROM \"{table}\" t");
+                    for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await.expect("read table") {
+                        text.push_str(&row.get::<String, _>(0));
+                        text.push('\n');
+                    }
+                }
+                let _ = conn.close().await;
+                text
+            }
+        }
+    }
 }
 
 impl Drop for TestDatabase {
@@ -154,6 +195,11 @@ impl TestServer {
             let _ = rx.await;
         }));
         Self { base_url, config, shutdown: Some(tx), task: Some(task), data_dir, database }
+    }
+
+    /// Everything the server's database holds, as text (see [`TestDatabase::dump`]).
+    pub async fn database_dump(&self) -> String {
+        self.database.dump().await
     }
 
     /// Stops the server gracefully and waits until it has closed its database.

@@ -8,6 +8,7 @@ mod binary;
 mod devices;
 mod directory;
 mod discovery;
+mod e2ee;
 mod ephemeral;
 mod errors;
 mod openapi;
