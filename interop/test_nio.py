@@ -161,3 +161,57 @@ def test_rooms_messages_and_sync(homeserver):
             await client.close()
 
     run(scenario())
+
+
+def test_end_to_end_encryption(homeserver, tmp_path):
+    """Two nio clients with encryption (vodozemac) exchange an encrypted message through Myelin:
+    keys upload, query and claim, an Olm-encrypted room key by to-device, a Megolm message."""
+    url, _ = homeserver
+    from nio import AsyncClientConfig, MegolmEvent, RegisterResponse, RoomMessageText, RoomSendResponse, SyncResponse
+
+    async def scenario():
+        config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True)
+        (tmp_path / "alice").mkdir()
+        (tmp_path / "bob").mkdir()
+        alice = AsyncClient(url, "nio_e2e_alice", store_path=str(tmp_path / "alice"), config=config)
+        bob = AsyncClient(url, "nio_e2e_bob", store_path=str(tmp_path / "bob"), config=config)
+        assert isinstance(await alice.register("nio_e2e_alice", "pw", "alice phone"), RegisterResponse)
+        assert isinstance(await bob.register("nio_e2e_bob", "pw", "bob laptop"), RegisterResponse)
+        for client in (alice, bob):
+            # The first sync makes nio upload its device keys and one-time keys.
+            assert isinstance(await client.sync(timeout=0), SyncResponse)
+            if client.should_upload_keys:
+                await client.keys_upload()
+            assert client.olm.account.shared
+
+        initial_state = [{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]
+        created = await alice.room_create(invite=[bob.user_id], initial_state=initial_state)
+        room_id = created.room_id
+        await bob.sync(timeout=0)
+        await bob.join(room_id)
+        await alice.sync(timeout=0)
+        assert alice.rooms[room_id].encrypted
+
+        # nio queries Bob's keys, claims a one-time key, shares the room key over Olm, then sends.
+        if alice.should_query_keys:
+            await alice.keys_query()
+        sent = await alice.room_send(
+            room_id, "m.room.message", {"msgtype": "m.text", "body": "secret via myelin"}, ignore_unverified_devices=True
+        )
+        assert isinstance(sent, RoomSendResponse), sent
+
+        texts = []
+        for _ in range(5):
+            update = await bob.sync(timeout=5000)
+            assert isinstance(update, SyncResponse), update
+            room = update.rooms.join.get(room_id)
+            events = room.timeline.events if room else []
+            assert not any(isinstance(e, MegolmEvent) for e in events), "Bob could not decrypt"
+            texts += [e.body for e in events if isinstance(e, RoomMessageText)]
+            if texts:
+                break
+        assert texts == ["secret via myelin"], texts
+        for client in (alice, bob):
+            await client.close()
+
+    run(scenario())

@@ -33,8 +33,8 @@ pub async fn upload(
     let mut position = None;
     if let Some(device_keys) = &upload.device_keys {
         check_device_keys(device_keys, user_id, device_id)?;
-        let json = serde_json::to_string(&signed_part_with_signatures(device_keys))
-            .map_err(|e| E2eeError::Invalid(e.to_string()))?;
+        let json =
+            serde_json::to_string(&without_unsigned(device_keys)).map_err(|e| E2eeError::Invalid(e.to_string()))?;
         position = storage.set_device_keys(user_id, device_id, &json).await?;
     }
     if let Some(keys) = &upload.one_time_keys {
@@ -59,7 +59,7 @@ pub async fn upload(
 }
 
 /// The uploaded device keys minus `unsigned` (which the server adds on query).
-fn signed_part_with_signatures(keys: &JsonObject) -> JsonObject {
+fn without_unsigned(keys: &JsonObject) -> JsonObject {
     let mut keys = keys.clone();
     keys.remove("unsigned");
     keys
