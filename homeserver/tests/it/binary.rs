@@ -90,3 +90,53 @@ fn unknown_keys_and_bad_values_fail_at_start_naming_the_key() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.toml"));
 }
+
+/// At the most verbose log level, neither access tokens nor what clients send (ciphertext,
+/// to-device payloads, backed-up keys) reach the log.
+#[tokio::test]
+async fn secrets_and_message_content_stay_out_of_the_log_at_trace_level() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let child = server(data.path(), port).env("MYELIN_LOG", "trace").spawn().unwrap();
+    wait_until_up(&http, &base).await;
+
+    let marker = "CONTENT-MARKER-7f3a";
+    let body = json!({"username": "alice", "password": "pw-marker-pass", "auth": {"type": "m.login.dummy"}});
+    let registered: Value =
+        http.post(format!("{base}/_matrix/client/v3/register")).json(&body).send().await.unwrap().json().await.unwrap();
+    let (token, user_id, device_id) = (
+        registered["access_token"].as_str().unwrap().to_owned(),
+        registered["user_id"].as_str().unwrap().to_owned(),
+        registered["device_id"].as_str().unwrap().to_owned(),
+    );
+    let call = |method: reqwest::Method, path: &str, body: Value| {
+        http.request(method, format!("{base}{path}")).bearer_auth(&token).json(&body).send()
+    };
+    let created: Value =
+        call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", json!({})).await.unwrap().json().await.unwrap();
+    let room = created["room_id"].as_str().unwrap();
+    let encrypted = json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": marker, "session_id": "s", "sender_key": "k", "device_id": device_id});
+    let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.encrypted/t1");
+    assert_eq!(call(reqwest::Method::PUT, &path, encrypted).await.unwrap().status(), StatusCode::OK);
+    let to_device = json!({"messages": {user_id: {device_id: {"secret": marker}}}});
+    let path = "/_matrix/client/v3/sendToDevice/m.room.encrypted/t2";
+    assert_eq!(call(reqwest::Method::PUT, path, to_device).await.unwrap().status(), StatusCode::OK);
+    let version = json!({"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {"public_key": marker}});
+    assert_eq!(
+        call(reqwest::Method::POST, "/_matrix/client/v3/room_keys/version", version).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let sync = call(reqwest::Method::GET, "/_matrix/client/v3/sync", json!({})).await.unwrap().text().await.unwrap();
+    assert!(sync.contains(marker), "the client gets its data back");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(log.len() > 1000, "trace logging is on: {log}");
+    for secret in [marker, "myl_", "pw-marker-pass"] {
+        assert!(!log.contains(secret), "{secret} reached the log");
+    }
+}
