@@ -130,12 +130,8 @@ pub async fn query(
 ) -> Result<QueryResult, E2eeError> {
     let mut result = QueryResult::default();
     for (user_id, devices) in wanted {
-        let server = user_id.split_once(':').map(|(_, server)| server).unwrap_or_default();
-        if server != server_name {
-            result.failures.insert(
-                server.to_owned(),
-                serde_json::json!({"status": 503, "message": "federation with other servers is not available"}),
-            );
+        if let Some(server) = remote_server(user_id, server_name) {
+            result.failures.insert(server.to_owned(), federation_unavailable());
             continue;
         }
         let signatures = storage.key_signatures(user_id).await?;
@@ -207,12 +203,8 @@ pub async fn claim(
     let mut result = ClaimResult::default();
     let mut local = Vec::new();
     for (user_id, devices) in wanted {
-        let server = user_id.split_once(':').map(|(_, server)| server).unwrap_or_default();
-        if server != server_name {
-            result.failures.insert(
-                server.to_owned(),
-                serde_json::json!({"status": 503, "message": "federation with other servers is not available"}),
-            );
+        if let Some(server) = remote_server(user_id, server_name) {
+            result.failures.insert(server.to_owned(), federation_unavailable());
             continue;
         }
         local.extend(devices.iter().map(|(device, algorithm)| (user_id.clone(), device.clone(), algorithm.clone())));
@@ -228,6 +220,17 @@ pub async fn claim(
             .insert(format!("{}:{}", key.algorithm, key.key_id), value);
     }
     Ok(result)
+}
+
+/// The server of a user of another server.
+fn remote_server<'a>(user_id: &'a str, server_name: &str) -> Option<&'a str> {
+    let server = user_id.split_once(':').map(|(_, server)| server).unwrap_or_default();
+    (server != server_name).then_some(server)
+}
+
+/// The failure reported for another server's users until federation can ask it.
+fn federation_unavailable() -> Value {
+    serde_json::json!({"status": 503, "message": "federation with other servers is not available"})
 }
 
 /// The object as signed, for comparing an upload with what is stored.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use super::streams::next_position;
+use super::streams::{next_position, room_mates_of_1};
 use super::{Backend, Error, Result, Storage, WriteTx};
 
 /// A device's identity keys as stored, with its display name.
@@ -306,13 +306,12 @@ impl Storage {
     /// Users whose device lists changed in `(after, until]`: `user_id` itself and those who share
     /// a joined room with it.
     pub async fn device_list_changes(&self, user_id: &str, after: i64, until: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT user_id FROM device_list_changes WHERE stream_id > $2 AND stream_id <= $3 AND (user_id = $1 OR user_id IN ( \
-                 SELECT other.state_key FROM current_state mine \
-                 JOIN current_state other ON other.room_id = mine.room_id \
-                 WHERE mine.event_type = 'm.room.member' AND mine.state_key = $1 AND mine.membership = 'join' \
-                 AND other.event_type = 'm.room.member' AND other.membership = 'join'))",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT user_id FROM device_list_changes \
+             WHERE stream_id > $2 AND stream_id <= $3 AND (user_id = $1 OR user_id IN (",
+            room_mates_of_1!(),
+            "))"
+        ))
         .bind(user_id)
         .bind(after)
         .bind(until)

@@ -5,6 +5,18 @@ use sqlx::Row;
 
 use super::{Result, Storage};
 
+/// SQL for the users who share a joined room with user `$1` (`$1` included), as a column
+/// `state_key`: presence, device lists and the like go to them.
+macro_rules! room_mates_of_1 {
+    () => {
+        "SELECT other.state_key FROM current_state mine \
+         JOIN current_state other ON other.room_id = mine.room_id \
+         WHERE mine.event_type = 'm.room.member' AND mine.state_key = $1 AND mine.membership = 'join' \
+         AND other.event_type = 'm.room.member' AND other.membership = 'join'"
+    };
+}
+pub(crate) use room_mates_of_1;
+
 /// Takes the next stream position inside a write transaction. The `stream_head` row stays
 /// locked until the transaction ends, so positions commit in order.
 pub(crate) async fn next_position(tx: &mut super::WriteTx) -> Result<i64> {
@@ -220,60 +232,34 @@ impl Storage {
         .bind(user_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            Ok(Presence {
-                user_id: r.try_get(0)?,
-                presence: r.try_get(1)?,
-                status_msg: r.try_get(2)?,
-                last_active_ts: r.try_get(3)?,
-                stream_id: r.try_get(4)?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(presence_row).transpose()
     }
 
     /// Users sharing a joined room with `user_id` (including themselves).
     pub async fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT DISTINCT other.state_key FROM current_state mine \
-             JOIN current_state other ON other.room_id = mine.room_id \
-             WHERE mine.event_type = 'm.room.member' AND mine.state_key = $1 AND mine.membership = 'join' \
-             AND other.event_type = 'm.room.member' AND other.membership = 'join' ORDER BY other.state_key",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query(concat!("SELECT DISTINCT state_key FROM (", room_mates_of_1!(), ") mates ORDER BY state_key"))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
     /// Presence changes in `(after, until]` of users who share a joined room with `user_id`
     /// (the user included).
     pub async fn presence_changes(&self, user_id: &str, after: i64, until: i64) -> Result<Vec<Presence>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query(concat!(
             "SELECT user_id, presence, status_msg, last_active_ts, stream_id FROM presence \
-             WHERE stream_id > $2 AND stream_id <= $3 AND user_id IN ( \
-                 SELECT other.state_key FROM current_state mine \
-                 JOIN current_state other ON other.room_id = mine.room_id \
-                 WHERE mine.event_type = 'm.room.member' AND mine.state_key = $1 AND mine.membership = 'join' \
-                 AND other.event_type = 'm.room.member' AND other.membership = 'join') \
-             ORDER BY user_id",
-        )
+             WHERE stream_id > $2 AND stream_id <= $3 AND user_id IN (",
+            room_mates_of_1!(),
+            ") ORDER BY user_id"
+        ))
         .bind(user_id)
         .bind(after)
         .bind(until)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Presence {
-                    user_id: r.try_get(0)?,
-                    presence: r.try_get(1)?,
-                    status_msg: r.try_get(2)?,
-                    last_active_ts: r.try_get(3)?,
-                    stream_id: r.try_get(4)?,
-                })
-            })
-            .collect()
+        rows.iter().map(presence_row).collect()
     }
 
     /// Rooms with events, typing or receipt changes in `(after, until]`.
@@ -308,4 +294,14 @@ impl Storage {
         .await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
+}
+
+fn presence_row(r: &sqlx::any::AnyRow) -> Result<Presence> {
+    Ok(Presence {
+        user_id: r.try_get(0)?,
+        presence: r.try_get(1)?,
+        status_msg: r.try_get(2)?,
+        last_active_ts: r.try_get(3)?,
+        stream_id: r.try_get(4)?,
+    })
 }
