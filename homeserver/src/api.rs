@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod http;
+pub mod media;
 pub mod uia;
 pub mod well_known;
 
@@ -33,6 +34,8 @@ pub enum Tag {
     /// A user's devices.
     #[oai(rename = "Device management")]
     DeviceManagement,
+    /// The media repository: uploads and downloads.
+    Media,
     /// Keys for end-to-end encryption, to-device messages, key backup.
     #[oai(rename = "End-to-end encryption")]
     EndToEndEncryption,
@@ -76,7 +79,9 @@ type RoomApis = (
 /// Every API area; nested because tuples implement `Default` only up to twelve elements.
 type E2eeApis = (client::keys::KeysApi, client::to_device::ToDeviceApi, client::key_backup::KeyBackupApi);
 
-type Apis = (AccountApis, RoomApis, E2eeApis);
+type MediaApis = media::MediaApi;
+
+type Apis = (AccountApis, RoomApis, E2eeApis, MediaApis);
 
 /// The OpenAPI service with every endpoint.
 pub fn service() -> OpenApiService<Apis, ()> {

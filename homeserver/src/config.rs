@@ -32,6 +32,8 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Size limits on requests.
     pub limits: Limits,
+    /// The media repository.
+    pub media: Media,
     /// What `/.well-known/matrix/server` delegates federation to.
     pub well_known: WellKnown,
     /// The log filter, in `tracing_subscriber::EnvFilter` syntax (`RUST_LOG` wins when set).
@@ -46,6 +48,27 @@ pub struct Config {
 pub struct Listen {
     /// Address and port of the Client-Server API listener.
     pub client: SocketAddr,
+}
+
+/// The media repository.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Media {
+    /// Where media objects live, as an object store URL: `file:///path`, `s3://bucket/prefix`
+    /// (credentials and endpoint from the usual `AWS_*` variables), or any other scheme the
+    /// object_store crate reads. Unset: the `media/` folder of the data directory.
+    pub store: Option<String>,
+    /// The largest upload in bytes (`m.upload.size`).
+    pub max_upload_size: u64,
+    /// Whether the deprecated unauthenticated `/_matrix/media/v3/download` path still serves
+    /// media (many clients still use it).
+    pub legacy_unauthenticated: bool,
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        Self { store: None, max_upload_size: 100 * 1024 * 1024, legacy_unauthenticated: true }
+    }
 }
 
 /// Database connection.
@@ -119,6 +142,7 @@ impl Default for Config {
             registration: Registration::default(),
             rate_limits: RateLimits::default(),
             limits: Limits::default(),
+            media: Media::default(),
             well_known: WellKnown::default(),
             log: "info,poem=warn,ruma_state_res=warn".to_owned(),
             admins: Vec::new(),

@@ -20,6 +20,7 @@ pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod e2ee;
+pub mod media;
 pub mod rate_limit;
 pub mod rooms;
 pub mod state;
@@ -59,6 +60,9 @@ pub enum RunError {
     /// The database could not be opened or migrated.
     #[error("database: {0}")]
     Storage(#[from] storage::Error),
+    /// The media store could not be opened.
+    #[error(transparent)]
+    Media(#[from] media::MediaError),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -73,7 +77,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let data_dir_error = |source| RunError::DataDir { path: config.data_dir.display().to_string(), source };
     std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
-    std::fs::create_dir_all(config.media_dir()).map_err(data_dir_error)?;
+    let media = media::MediaStore::open(config.media.store.as_deref(), &config.media_dir())?;
     let signing_key = SigningKey::load_or_generate(&config.data_dir.join("signing.key"))?;
     let storage = Storage::connect(&config.database_url(), config.database_connections()).await?;
 
@@ -87,7 +91,7 @@ pub async fn run(
     );
 
     let position = storage.max_stream_ordering().await?;
-    let state = AppState::new(config, storage.clone(), signing_key, position);
+    let state = AppState::new(config, storage.clone(), signing_key, media, position);
     let server = poem::Server::new_with_acceptor(TcpAcceptor::from_tokio(listener)?);
     let result = server.run_with_graceful_shutdown(api::app(state), shutdown, Some(SHUTDOWN_GRACE)).await;
     storage.close().await;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::crypto::SigningKey;
+use crate::media::MediaStore;
 use crate::rate_limit::Limiters;
 use crate::rooms::timeline::Writer;
 use crate::storage::Storage;
@@ -27,16 +28,24 @@ pub struct Inner {
     pub notifier: Arc<tokio::sync::watch::Sender<i64>>,
     /// Appends events to rooms, in groups.
     pub writer: Writer,
+    /// Where media bytes live.
+    pub media: MediaStore,
 }
 
 impl AppState {
     /// Bundles the parts and starts the event writer (so: within a Tokio runtime).
-    pub fn new(config: Config, storage: Storage, signing_key: SigningKey, stream_position: i64) -> Self {
+    pub fn new(
+        config: Config,
+        storage: Storage,
+        signing_key: SigningKey,
+        media: MediaStore,
+        stream_position: i64,
+    ) -> Self {
         let limits = Limiters::new(&config.rate_limits);
         let notifier = Arc::new(tokio::sync::watch::Sender::new(stream_position));
         let signing_key = Arc::new(signing_key);
         let writer = Writer::start(storage.clone(), signing_key.clone(), notifier.clone());
-        Self(Arc::new(Inner { config, storage, signing_key, limits, notifier, writer }))
+        Self(Arc::new(Inner { config, storage, signing_key, limits, notifier, writer, media }))
     }
 }
 

@@ -23,6 +23,8 @@ use crate::storage;
 pub enum ErrCode {
     /// `M_BAD_JSON`: valid JSON, but not the shape the endpoint takes.
     BadJson,
+    /// `M_CANNOT_OVERWRITE_MEDIA`: the reserved media ID was uploaded to already.
+    CannotOverwriteMedia,
     /// `M_FORBIDDEN`: not allowed, e.g. a wrong password.
     Forbidden,
     /// `M_GUEST_ACCESS_FORBIDDEN`: guests may not do this.
@@ -47,6 +49,8 @@ pub enum ErrCode {
     NotFound,
     /// `M_NOT_JSON`: the body is not JSON at all.
     NotJson,
+    /// `M_NOT_YET_UPLOADED`: the media ID was reserved but nothing was uploaded yet.
+    NotYetUploaded,
     /// `M_PROFILE_TOO_LARGE`: the profile would exceed 64 KiB.
     ProfileTooLarge,
     /// `M_ROOM_IN_USE`: the room alias is taken.
@@ -75,6 +79,7 @@ impl ErrCode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BadJson => "M_BAD_JSON",
+            Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             Self::Forbidden => "M_FORBIDDEN",
             Self::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
             Self::InvalidParam => "M_INVALID_PARAM",
@@ -87,6 +92,7 @@ impl ErrCode {
             Self::MissingToken => "M_MISSING_TOKEN",
             Self::NotFound => "M_NOT_FOUND",
             Self::NotJson => "M_NOT_JSON",
+            Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
             Self::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
             Self::RoomInUse => "M_ROOM_IN_USE",
             Self::TooLarge => "M_TOO_LARGE",
@@ -311,6 +317,27 @@ impl From<crate::e2ee::E2eeError> for MatrixError {
             }
             E2eeError::Forbidden(reason) => Self::forbidden(capitalize(&reason)),
             E2eeError::Storage(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::media::MediaError> for MatrixError {
+    fn from(err: crate::media::MediaError) -> Self {
+        use crate::media::MediaError;
+        match err {
+            MediaError::TooLarge(limit) => Self::new(
+                ErrCode::TooLarge,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Uploads may be at most {limit} bytes"),
+            ),
+            MediaError::Read(reason) => {
+                Self::new(ErrCode::Unknown, StatusCode::BAD_REQUEST, format!("Could not read the upload: {reason}"))
+            }
+            MediaError::NotFound => Self::not_found("Media not found"),
+            MediaError::Store(_) | MediaError::Config(_) => {
+                tracing::error!(error = %err, "media store failure");
+                Self::internal()
+            }
         }
     }
 }

@@ -65,6 +65,13 @@ fn strip_empty_state_key(req: &mut Request) {
 /// said: like other homeservers we judge the body, not the header, because widespread clients
 /// (and `curl -d`) send JSON with other content types.
 async fn prepare_body(req: &mut Request) -> Result<(), MatrixError> {
+    if is_media_upload(req) {
+        if !req.headers().contains_key(header::CONTENT_TYPE) {
+            // The type is optional for uploads; without one, the content is plain bytes.
+            req.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        }
+        return Ok(());
+    }
     if !matches!(*req.method(), Method::POST | Method::PUT | Method::DELETE | Method::PATCH) {
         return Ok(());
     }
@@ -100,6 +107,16 @@ async fn prepare_body(req: &mut Request) -> Result<(), MatrixError> {
     req.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     req.set_body(Body::from_bytes(bytes));
     Ok(())
+}
+
+/// Uploads are not JSON: they stream to the media store, which enforces its own size limit.
+fn is_media_upload(req: &Request) -> bool {
+    let path = req.uri().path();
+    match *req.method() {
+        Method::POST => path == "/_matrix/media/v3/upload",
+        Method::PUT => path.starts_with("/_matrix/media/v3/upload/"),
+        _ => false,
+    }
 }
 
 /// Maps any error that escaped an endpoint to a Matrix error response.

@@ -99,7 +99,15 @@ async fn secrets_and_message_content_stay_out_of_the_log_at_trace_level() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let child = server(data.path(), port).env("MYELIN_LOG", "trace").spawn().unwrap();
+    // The log goes to a file: at trace level it outgrows a pipe nobody reads until the end.
+    let log_path = data.path().join("server.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut child = server(data.path(), port)
+        .env("MYELIN_LOG", "trace")
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
     wait_until_up(&http, &base).await;
 
     let marker = "CONTENT-MARKER-7f3a";
@@ -133,8 +141,9 @@ async fn secrets_and_message_content_stay_out_of_the_log_at_trace_level() {
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
-    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+    let log = String::from_utf8_lossy(&std::fs::read(&log_path).unwrap()).into_owned();
     assert!(log.len() > 1000, "trace logging is on: {log}");
     for secret in [marker, "myl_", "pw-marker-pass"] {
         assert!(!log.contains(secret), "{secret} reached the log");

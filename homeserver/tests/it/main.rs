@@ -11,6 +11,7 @@ mod discovery;
 mod e2ee;
 mod ephemeral;
 mod errors;
+mod media;
 mod openapi;
 mod profile;
 mod register;
