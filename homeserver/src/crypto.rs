@@ -11,6 +11,10 @@ use ruma_common::CanonicalJsonObject;
 /// Checks `signer`'s Ed25519 signature `key_id` (`ed25519:<name>`) on a signed JSON object
 /// against `public_key` (base64), per the spec's "Signing JSON": over the canonical JSON without
 /// `signatures` and `unsigned`.
+///
+/// Not `ruma_signatures::verify_json`: it requires a public key for every entity that signed
+/// the object, while a device's keys also carry signatures by cross-signing keys we check
+/// separately. The canonical JSON and the Ed25519 check are still ruma's.
 pub fn verify_signature(
     object: &CanonicalJsonObject,
     signer: &str,

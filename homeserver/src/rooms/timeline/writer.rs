@@ -354,7 +354,7 @@ impl Task {
             None => {
                 // The event's prev events were all the room's extremities: it is now the only one.
                 let head = heads.get_mut(&pdu.room_id).expect("prepare read the room");
-                *head = Head { version: std::mem::take(&mut head.version), group: new_group, extremities, moved: true };
+                (head.group, head.extremities, head.moved) = (new_group, extremities, true);
             }
         }
 
