@@ -3,6 +3,7 @@
 //!
 //! Unknown keys and invalid values are refused at start-up with an error naming the key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -58,8 +59,15 @@ pub struct Media {
     /// (credentials and endpoint from the usual `AWS_*` variables), or any other scheme the
     /// object_store crate reads. Unset: the `media/` folder of the data directory.
     pub store: Option<String>,
+    /// Options of the store, in the object_store crate's keys (`aws_endpoint`,
+    /// `aws_access_key_id`, `aws_region`, `aws_allow_http`, `google_service_account`, …); they
+    /// win over the environment.
+    #[serde(deserialize_with = "string_map")]
+    pub store_options: BTreeMap<String, String>,
     /// The largest upload in bytes (`m.upload.size`).
     pub max_upload_size: u64,
+    /// Bytes a user may have uploaded in all; unset: no quota.
+    pub max_user_storage: Option<u64>,
     /// Whether the deprecated unauthenticated `/_matrix/media/v3/download` path still serves
     /// media (many clients still use it).
     pub legacy_unauthenticated: bool,
@@ -67,7 +75,13 @@ pub struct Media {
 
 impl Default for Media {
     fn default() -> Self {
-        Self { store: None, max_upload_size: 100 * 1024 * 1024, legacy_unauthenticated: true }
+        Self {
+            store: None,
+            store_options: BTreeMap::new(),
+            max_upload_size: 100 * 1024 * 1024,
+            max_user_storage: None,
+            legacy_unauthenticated: true,
+        }
     }
 }
 
@@ -264,6 +278,9 @@ impl Config {
         if self.limits.max_request_body < 65_536 {
             return invalid("limits.max_request_body", "must be at least 65536 bytes".to_owned());
         }
+        if self.media.max_upload_size == 0 {
+            return invalid("media.max_upload_size", "must be at least 1".to_owned());
+        }
         for admin in &self.admins {
             if ruma_common::UserId::parse(admin).is_err() {
                 return invalid("admins", format!("{admin:?} is not a user ID"));
@@ -305,14 +322,15 @@ impl Config {
     }
 }
 
-/// Environment values that look like numbers arrive as numbers; a server name or token may
-/// legitimately be all digits, so accept both.
+/// Environment values that look like numbers or booleans arrive as such; a server name, token
+/// or store option may legitimately be all digits or `true`, so accept them all as text.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum StringOrNumber {
     S(String),
     I(i64),
     U(u64),
+    B(bool),
 }
 
 impl From<StringOrNumber> for String {
@@ -321,12 +339,18 @@ impl From<StringOrNumber> for String {
             StringOrNumber::S(s) => s,
             StringOrNumber::I(i) => i.to_string(),
             StringOrNumber::U(u) => u.to_string(),
+            StringOrNumber::B(b) => b.to_string(),
         }
     }
 }
 
 fn string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     StringOrNumber::deserialize(deserializer).map(String::from)
+}
+
+fn string_map<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, StringOrNumber>::deserialize(deserializer)?;
+    Ok(raw.into_iter().map(|(k, v)| (k, v.into())).collect())
 }
 
 fn optional_string_or_number<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
@@ -356,7 +380,11 @@ mod tests {
             jail.set_env("MYELIN_REGISTRATION__TOKEN", "12345");
             jail.set_env("MYELIN_CONFIG_FILE", "ignored.toml");
             jail.set_env("MYELIN_TEST_POSTGRES_URL", "postgres://ignored");
+            jail.set_env("MYELIN_MEDIA__STORE_OPTIONS__AWS_ALLOW_HTTP", "true");
+            jail.set_env("MYELIN_MEDIA__STORE_OPTIONS__AWS_REGION", "1");
             let c = Config::load(None).unwrap();
+            assert_eq!(c.media.store_options["aws_allow_http"], "true");
+            assert_eq!(c.media.store_options["aws_region"], "1");
             assert_eq!(c.server_name, "localhost:9000");
             assert_eq!(c.listen.client.port(), 9000);
             assert!(!c.rate_limits.enabled);

@@ -77,7 +77,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let data_dir_error = |source| RunError::DataDir { path: config.data_dir.display().to_string(), source };
     std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
-    let media = media::MediaStore::open(config.media.store.as_deref(), &config.media_dir())?;
+    let media =
+        media::MediaStore::open(config.media.store.as_deref(), &config.media.store_options, &config.media_dir())?;
     let signing_key = SigningKey::load_or_generate(&config.data_dir.join("signing.key"))?;
     let storage = Storage::connect(&config.database_url(), config.database_connections()).await?;
 

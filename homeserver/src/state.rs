@@ -30,6 +30,10 @@ pub struct Inner {
     pub writer: Writer,
     /// Where media bytes live.
     pub media: MediaStore,
+    /// Wakes downloads waiting for a reserved media ID's upload (in this process; others poll).
+    pub media_uploaded: tokio::sync::Notify,
+    /// Thumbnails being made at once, at most: decoding is CPU- and memory-heavy.
+    pub thumbnailers: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -45,7 +49,18 @@ impl AppState {
         let notifier = Arc::new(tokio::sync::watch::Sender::new(stream_position));
         let signing_key = Arc::new(signing_key);
         let writer = Writer::start(storage.clone(), signing_key.clone(), notifier.clone());
-        Self(Arc::new(Inner { config, storage, signing_key, limits, notifier, writer, media }))
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Self(Arc::new(Inner {
+            config,
+            storage,
+            signing_key,
+            limits,
+            notifier,
+            writer,
+            media,
+            media_uploaded: tokio::sync::Notify::new(),
+            thumbnailers: tokio::sync::Semaphore::new(cores),
+        }))
     }
 }
 

@@ -26,7 +26,7 @@ use sqlx::{AnyPool, Executor};
 pub use accounts::{Device, NewLogin, TokenOwner};
 pub use key_backup::{BackupKey, BackupVersion};
 pub use keys::{KeySignature, StoredDeviceKeys, UploadedKey};
-pub use media::{MediaItem, Uploaded};
+pub use media::{MediaItem, MediaWrite, Uploaded};
 pub use rooms::{NewEvent, Room, RoomWrite, StateIds, StateKey, StoredEvent, TxnKey};
 pub use streams::{Presence, Receipt};
 pub use to_device::{Recipient, ToDeviceMessage};

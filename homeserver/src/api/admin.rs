@@ -1,6 +1,7 @@
 //! Server administration, for users listed in the `admins` setting.
 
 use poem::web::Data;
+use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 
@@ -29,6 +30,15 @@ pub struct ServerNotice {
 pub struct NoticeSent {
     /// Users the notice went to.
     pub sent: i64,
+}
+
+/// `DELETE /_myelin/admin/v1/media/…` response.
+#[derive(Debug, Object)]
+pub struct DeletedMedia {
+    /// The media IDs deleted.
+    pub deleted_media: Vec<String>,
+    /// How many.
+    pub total: i64,
 }
 
 /// The longest notice accepted, in bytes.
@@ -67,5 +77,49 @@ impl AdminApi {
         }
         tracing::info!(admin = %user.user_id, recipients = recipients.len(), "server notice sent");
         Ok(Json(NoticeSent { sent: recipients.len() as i64 }))
+    }
+
+    /// `DELETE /_myelin/admin/v1/media/{serverName}/{mediaId}`
+    ///
+    /// Deletes a media item of this server. Its bytes and thumbnails go with it unless another
+    /// upload of the same bytes still uses them.
+    #[oai(path = "/_myelin/admin/v1/media/:serverName/:mediaId", method = "delete", operation_id = "deleteMedia")]
+    async fn delete_media(
+        &self,
+        state: Data<&AppState>,
+        user: AuthedUser,
+        /// This server's name.
+        #[oai(name = "serverName")]
+        server_name: Path<String>,
+        /// The media ID.
+        #[oai(name = "mediaId")]
+        media_id: Path<String>,
+    ) -> ApiResult<Json<DeletedMedia>> {
+        if !state.config.admins.contains(&user.user_id) {
+            return Err(MatrixError::forbidden("Only server administrators may delete media"));
+        }
+        if server_name.0 != state.config.server_name {
+            return Err(MatrixError::invalid_param("Only media of this server can be deleted"));
+        }
+        let Some(item) = state.storage.media(&media_id).await? else {
+            return Err(MatrixError::not_found("Media not found"));
+        };
+        // A reservation has no bytes: its ID stands in for them as the lock's name.
+        let content = item.sha256.as_deref().unwrap_or(&item.media_id);
+        let mut write = state.storage.begin_media_write(content, None).await?;
+        let deleted = match write.delete(&media_id).await? {
+            None => false,
+            Some(sharing) => {
+                if let (Some(sha256), 0) = (&item.sha256, sharing) {
+                    // Under the lock: no upload of the same bytes can be relying on them now.
+                    state.media.delete(sha256).await?;
+                }
+                true
+            }
+        };
+        write.commit().await?;
+        tracing::info!(admin = %user.user_id, media_id = %media_id.0, deleted, "media deleted");
+        let deleted_media = if deleted { vec![media_id.0] } else { Vec::new() };
+        Ok(Json(DeletedMedia { total: deleted_media.len() as i64, deleted_media }))
     }
 }

@@ -342,6 +342,22 @@ impl From<crate::media::MediaError> for MatrixError {
     }
 }
 
+impl From<crate::media::thumbnail::ThumbnailError> for MatrixError {
+    fn from(err: crate::media::thumbnail::ThumbnailError) -> Self {
+        use crate::media::thumbnail::ThumbnailError;
+        match err {
+            ThumbnailError::TooLarge => {
+                Self::new(ErrCode::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, "Content is too large to thumbnail")
+            }
+            ThumbnailError::Unsupported(reason) => Self::new(
+                ErrCode::Unknown,
+                StatusCode::BAD_REQUEST,
+                format!("Cannot generate thumbnails for the requested content: {reason}"),
+            ),
+        }
+    }
+}
+
 impl From<PasswordError> for MatrixError {
     fn from(err: PasswordError) -> Self {
         tracing::error!(error = %err, "password hashing failure");

@@ -2,23 +2,31 @@
 //! /_matrix/media/v1/create` then `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`), the
 //! upload limit (`/_matrix/client/v1/media/config`), and downloads: authenticated under
 //! `/_matrix/client/v1/media/download`, and the deprecated unauthenticated
-//! `/_matrix/media/v3/download` while `media.legacy_unauthenticated` allows it.
+//! `/_matrix/media/v3/download` while `media.legacy_unauthenticated` allows it; thumbnails
+//! likewise.
 //! <https://spec.matrix.org/v1.19/client-server-api/#content-repository>
 
-use futures_util::TryStreamExt;
-use poem::http::{StatusCode, header};
+use poem::http::StatusCode;
 use poem::web::Data;
 use poem::{Body, Request};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Binary, Json};
-use poem_openapi::{ApiResponse, Object, OpenApi};
+use poem_openapi::{Object, OpenApi};
 
 use super::Tag;
 use super::auth::AuthedUser;
 use super::client::login::Empty;
 use super::error::{ApiResult, ErrCode, MatrixError};
 use crate::state::AppState;
-use crate::storage::{MediaItem, Uploaded, now_ms};
+use crate::storage::now_ms;
+
+mod serve;
+mod thumbnails;
+mod upload;
+
+pub use serve::Download;
+pub use thumbnails::Thumbnail;
+use upload::Target;
 
 /// Media endpoints.
 #[derive(Default)]
@@ -28,37 +36,6 @@ pub struct MediaApi;
 const RESERVATION_MS: i64 = 24 * 60 * 60 * 1000;
 /// Reserved, not yet uploaded IDs a user may hold at once.
 const MAX_PENDING_PER_USER: i64 = 100;
-/// The longest file name kept.
-const MAX_FILE_NAME: usize = 255;
-
-/// Types a browser may show inline: they cannot run script in the server's origin.
-const INLINE_TYPES: &[&str] = &[
-    "text/plain",
-    "text/csv",
-    "application/json",
-    "application/ld+json",
-    "image/jpeg",
-    "image/gif",
-    "image/png",
-    "image/apng",
-    "image/webp",
-    "image/avif",
-    "video/mp4",
-    "video/webm",
-    "video/ogg",
-    "video/quicktime",
-    "audio/mp4",
-    "audio/webm",
-    "audio/aac",
-    "audio/mpeg",
-    "audio/ogg",
-    "audio/wave",
-    "audio/wav",
-    "audio/x-wav",
-    "audio/flac",
-    "audio/x-flac",
-];
-
 /// An upload's result.
 #[derive(Debug, Object)]
 pub struct ContentUri {
@@ -83,34 +60,6 @@ pub struct MediaConfig {
     pub upload_size: i64,
 }
 
-/// A download.
-#[derive(ApiResponse)]
-pub enum Download {
-    /// The content.
-    #[oai(status = 200)]
-    Ok(
-        Binary<Body>,
-        /// The type it was uploaded with.
-        #[oai(header = "Content-Type")]
-        String,
-        /// `inline` for types browsers show safely, else `attachment`, with the file name.
-        #[oai(header = "Content-Disposition")]
-        String,
-        /// Runs nothing the content might carry.
-        #[oai(header = "Content-Security-Policy")]
-        String,
-        /// `nosniff`.
-        #[oai(header = "X-Content-Type-Options")]
-        String,
-        /// `cross-origin`: web clients on other origins may embed it.
-        #[oai(header = "Cross-Origin-Resource-Policy")]
-        String,
-        /// The size in bytes.
-        #[oai(header = "Content-Length")]
-        u64,
-    ),
-}
-
 #[OpenApi(tag = "Tag::Media")]
 impl MediaApi {
     /// `POST /_matrix/media/v3/upload`
@@ -127,11 +76,8 @@ impl MediaApi {
         filename: Query<Option<String>>,
         body: Binary<Body>,
     ) -> ApiResult<Json<ContentUri>> {
-        check_declared_size(&state, req)?;
-        let stored = state.media.put(body.0.into_bytes_stream(), state.config.media.max_upload_size).await?;
         let media_id = new_media_id();
-        let uploaded = uploaded(req, filename.0.as_deref(), &stored)?;
-        state.storage.insert_media(&media_id, &user.user_id, &uploaded.as_row(), now_ms()).await?;
+        upload::store(&state, req, &user.user_id, filename.0.as_deref(), body.0, Target::New(&media_id)).await?;
         Ok(Json(ContentUri { content_uri: format!("mxc://{}/{media_id}", state.config.server_name) }))
     }
 
@@ -178,29 +124,20 @@ impl MediaApi {
         filename: Query<Option<String>>,
         body: Binary<Body>,
     ) -> ApiResult<Json<Empty>> {
-        let item = local_media(&state, &server_name, &media_id).await?;
+        if server_name.0 != state.config.server_name {
+            return Err(MatrixError::not_found("Media not found"));
+        }
+        let item = state.storage.media(&media_id).await?.ok_or_else(|| MatrixError::not_found("Media not found"))?;
         if item.uploader != user.user_id {
             return Err(MatrixError::forbidden("Only the user who reserved this media ID may upload to it"));
         }
         if item.sha256.is_some() {
-            return Err(MatrixError::new(
-                ErrCode::CannotOverwriteMedia,
-                StatusCode::CONFLICT,
-                "Media already uploaded",
-            ));
+            return Err(upload::already_uploaded());
         }
         if item.unused_expires_ts.is_some_and(|expires| expires < now_ms()) {
             return Err(MatrixError::not_found("The reservation expired"));
         }
-        check_declared_size(&state, req)?;
-        let stored = state.media.put(body.0.into_bytes_stream(), state.config.media.max_upload_size).await?;
-        let uploaded = uploaded(req, filename.0.as_deref(), &stored)?;
-        state.storage.complete_media(&media_id, &uploaded.as_row()).await.map_err(|e| match e {
-            crate::storage::Error::NotFound => {
-                MatrixError::new(ErrCode::CannotOverwriteMedia, StatusCode::CONFLICT, "Media already uploaded")
-            }
-            other => other.into(),
-        })?;
+        upload::store(&state, req, &user.user_id, filename.0.as_deref(), body.0, Target::Reserved(&media_id)).await?;
         Ok(Json(Empty {}))
     }
 
@@ -234,6 +171,7 @@ impl MediaApi {
     async fn download(
         &self,
         state: Data<&AppState>,
+        req: &Request,
         _user: AuthedUser,
         /// The server the content was uploaded to.
         #[oai(name = "serverName")]
@@ -241,8 +179,10 @@ impl MediaApi {
         /// The media ID.
         #[oai(name = "mediaId")]
         media_id: Path<String>,
+        /// How long to wait for content that was reserved but not uploaded yet (ms).
+        timeout_ms: Query<Option<i64>>,
     ) -> ApiResult<Download> {
-        serve(&state, &server_name, &media_id, None).await
+        download(&state, req, &server_name, &media_id, None, timeout_ms.0).await
     }
 
     /// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}`
@@ -257,6 +197,7 @@ impl MediaApi {
     async fn download_named(
         &self,
         state: Data<&AppState>,
+        req: &Request,
         _user: AuthedUser,
         /// The server the content was uploaded to.
         #[oai(name = "serverName")]
@@ -267,8 +208,10 @@ impl MediaApi {
         /// The file name to give it.
         #[oai(name = "fileName")]
         file_name: Path<String>,
+        /// How long to wait for content that was reserved but not uploaded yet (ms).
+        timeout_ms: Query<Option<i64>>,
     ) -> ApiResult<Download> {
-        serve(&state, &server_name, &media_id, Some(&file_name)).await
+        download(&state, req, &server_name, &media_id, Some(&file_name), timeout_ms.0).await
     }
 
     /// `GET /_matrix/media/v3/download/{serverName}/{mediaId}` (deprecated, unauthenticated)
@@ -279,15 +222,18 @@ impl MediaApi {
     async fn legacy_download(
         &self,
         state: Data<&AppState>,
+        req: &Request,
         /// The server the content was uploaded to.
         #[oai(name = "serverName")]
         server_name: Path<String>,
         /// The media ID.
         #[oai(name = "mediaId")]
         media_id: Path<String>,
+        /// How long to wait for content that was reserved but not uploaded yet (ms).
+        timeout_ms: Query<Option<i64>>,
     ) -> ApiResult<Download> {
         legacy_allowed(&state)?;
-        serve(&state, &server_name, &media_id, None).await
+        download(&state, req, &server_name, &media_id, None, timeout_ms.0).await
     }
 
     /// `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}` (deprecated, unauthenticated)
@@ -303,6 +249,7 @@ impl MediaApi {
     async fn legacy_download_named(
         &self,
         state: Data<&AppState>,
+        req: &Request,
         /// The server the content was uploaded to.
         #[oai(name = "serverName")]
         server_name: Path<String>,
@@ -312,9 +259,82 @@ impl MediaApi {
         /// The file name to give it.
         #[oai(name = "fileName")]
         file_name: Path<String>,
+        /// How long to wait for content that was reserved but not uploaded yet (ms).
+        timeout_ms: Query<Option<i64>>,
     ) -> ApiResult<Download> {
         legacy_allowed(&state)?;
-        serve(&state, &server_name, &media_id, Some(&file_name)).await
+        download(&state, req, &server_name, &media_id, Some(&file_name), timeout_ms.0).await
+    }
+
+    /// `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}`
+    ///
+    /// A thumbnail of an image: PNG, JPEG, GIF and WebP uploads, at the spec's sizes.
+    /// <https://spec.matrix.org/v1.19/client-server-api/#get_matrixclientv1mediathumbnailservernamemediaid>
+    #[oai(
+        path = "/_matrix/client/v1/media/thumbnail/:serverName/:mediaId",
+        method = "get",
+        operation_id = "getContentThumbnailAuthed"
+    )]
+    #[allow(clippy::too_many_arguments)] // One per parameter of the endpoint.
+    async fn thumbnail(
+        &self,
+        state: Data<&AppState>,
+        _user: AuthedUser,
+        /// The server the content was uploaded to.
+        #[oai(name = "serverName")]
+        server_name: Path<String>,
+        /// The media ID.
+        #[oai(name = "mediaId")]
+        media_id: Path<String>,
+        /// The smallest width wanted.
+        width: Query<i64>,
+        /// The smallest height wanted.
+        height: Query<i64>,
+        /// `crop` or `scale` (the default).
+        method: Query<Option<String>>,
+        /// Whether an animated thumbnail is wanted. Thumbnails here are still images, which the
+        /// spec allows whatever this says.
+        animated: Query<Option<bool>>,
+        /// How long to wait for content that was reserved but not uploaded yet (ms).
+        timeout_ms: Query<Option<i64>>,
+    ) -> ApiResult<Thumbnail> {
+        let _ = animated;
+        thumbnail(&state, &server_name, &media_id, (width.0, height.0, method.0.as_deref()), timeout_ms.0).await
+    }
+
+    /// `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}` (deprecated, unauthenticated)
+    ///
+    /// A thumbnail without an access token, while `media.legacy_unauthenticated` is on.
+    /// <https://spec.matrix.org/v1.19/client-server-api/#get_matrixmediav3thumbnailservernamemediaid>
+    #[oai(
+        path = "/_matrix/media/v3/thumbnail/:serverName/:mediaId",
+        method = "get",
+        operation_id = "getContentThumbnail"
+    )]
+    #[allow(clippy::too_many_arguments)] // One per parameter of the endpoint.
+    async fn legacy_thumbnail(
+        &self,
+        state: Data<&AppState>,
+        /// The server the content was uploaded to.
+        #[oai(name = "serverName")]
+        server_name: Path<String>,
+        /// The media ID.
+        #[oai(name = "mediaId")]
+        media_id: Path<String>,
+        /// The smallest width wanted.
+        width: Query<i64>,
+        /// The smallest height wanted.
+        height: Query<i64>,
+        /// `crop` or `scale` (the default).
+        method: Query<Option<String>>,
+        /// Whether an animated thumbnail is wanted (thumbnails here are still images).
+        animated: Query<Option<bool>>,
+        /// How long to wait for content that was reserved but not uploaded yet (ms).
+        timeout_ms: Query<Option<i64>>,
+    ) -> ApiResult<Thumbnail> {
+        let _ = animated;
+        legacy_allowed(&state)?;
+        thumbnail(&state, &server_name, &media_id, (width.0, height.0, method.0.as_deref()), timeout_ms.0).await
     }
 }
 
@@ -334,120 +354,26 @@ fn new_media_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Refuses at once an upload whose declared length is over the limit (the stream check
-/// catches the rest).
-fn check_declared_size(state: &AppState, req: &Request) -> Result<(), MatrixError> {
-    let limit = state.config.media.max_upload_size;
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(crate::media::MediaError::TooLarge(limit).into());
-    }
-    Ok(())
+async fn download(
+    state: &AppState,
+    req: &Request,
+    server_name: &str,
+    media_id: &str,
+    file_name: Option<&str>,
+    timeout_ms: Option<i64>,
+) -> ApiResult<Download> {
+    let (item, sha256) = serve::local_media(state, server_name, media_id, timeout_ms).await?;
+    serve::download(state, req, item, &sha256, file_name).await
 }
 
-/// What an upload stores besides its bytes.
-struct UploadInfo {
-    content_type: Option<String>,
-    upload_name: Option<String>,
-    size: i64,
-    sha256: String,
-}
-
-impl UploadInfo {
-    fn as_row(&self) -> Uploaded<'_> {
-        Uploaded {
-            content_type: self.content_type.as_deref(),
-            upload_name: self.upload_name.as_deref(),
-            size: self.size,
-            sha256: &self.sha256,
-        }
-    }
-}
-
-fn uploaded(req: &Request, filename: Option<&str>, stored: &crate::media::Stored) -> Result<UploadInfo, MatrixError> {
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 255)
-        .map(str::to_owned);
-    let upload_name = filename.filter(|n| !n.is_empty()).map(|n| n.chars().take(MAX_FILE_NAME).collect());
-    Ok(UploadInfo {
-        content_type,
-        upload_name,
-        size: i64::try_from(stored.size).map_err(|_| MatrixError::internal())?,
-        sha256: stored.sha256.clone(),
-    })
-}
-
-/// A media item of this server, by the server name and media ID of its `mxc://` URI.
-async fn local_media(state: &AppState, server_name: &str, media_id: &str) -> Result<MediaItem, MatrixError> {
-    if server_name != state.config.server_name {
-        // Remote media arrives with federation.
-        return Err(MatrixError::not_found("Media of other servers is not available"));
-    }
-    state.storage.media(media_id).await?.ok_or_else(|| MatrixError::not_found("Media not found"))
-}
-
-async fn serve(state: &AppState, server_name: &str, media_id: &str, file_name: Option<&str>) -> ApiResult<Download> {
-    let item = local_media(state, server_name, media_id).await?;
-    let Some(sha256) = item.sha256.as_deref() else {
-        return Err(MatrixError::new(
-            ErrCode::NotYetUploaded,
-            StatusCode::GATEWAY_TIMEOUT,
-            "The content was not uploaded yet",
-        ));
-    };
-    let object = state.media.get(sha256, None).await?;
-    let size = object.meta.size;
-    let stream = object.into_stream().map_err(std::io::Error::other);
-    let content_type = item.content_type.clone().unwrap_or_else(|| "application/octet-stream".to_owned());
-    let name = file_name.map(str::to_owned).or(item.upload_name);
-    Ok(Download::Ok(
-        Binary(Body::from_bytes_stream(stream)),
-        content_type.clone(),
-        content_disposition(&content_type, name.as_deref()),
-        "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; \
-         media-src 'self'; object-src 'self';"
-            .to_owned(),
-        "nosniff".to_owned(),
-        "cross-origin".to_owned(),
-        size,
-    ))
-}
-
-/// `inline` only for types that cannot run script, otherwise `attachment`; the file name
-/// percent-encoded (RFC 6266 / RFC 8187), so no name can break out of the header.
-fn content_disposition(content_type: &str, name: Option<&str>) -> String {
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    let kind = if INLINE_TYPES.contains(&essence.as_str()) { "inline" } else { "attachment" };
-    match name {
-        Some(name) => {
-            let encoded: String = name
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' => (b as char).to_string(),
-                    _ => format!("%{b:02X}"),
-                })
-                .collect();
-            format!("{kind}; filename*=utf-8''{encoded}")
-        }
-        None => kind.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn content_disposition_is_inline_only_for_safe_types_and_escapes_names() {
-        use super::content_disposition as cd;
-        assert_eq!(cd("image/png", Some("cat.png")), "inline; filename*=utf-8''cat.png");
-        assert_eq!(cd("text/html", Some("x.html")), "attachment; filename*=utf-8''x.html");
-        assert_eq!(cd("image/svg+xml", None), "attachment");
-        assert_eq!(cd("TEXT/PLAIN; charset=utf-8", None), "inline");
-        assert_eq!(cd("text/plain", Some("a\"b\r\nc d.txt")), "inline; filename*=utf-8''a%22b%0D%0Ac%20d.txt");
-        assert_eq!(cd("image/png", Some("ü.png")), "inline; filename*=utf-8''%C3%BC.png");
-    }
+async fn thumbnail(
+    state: &AppState,
+    server_name: &str,
+    media_id: &str,
+    (width, height, method): (i64, i64, Option<&str>),
+    timeout_ms: Option<i64>,
+) -> ApiResult<Thumbnail> {
+    let size = thumbnails::requested(width, height, method)?;
+    let (item, sha256) = serve::local_media(state, server_name, media_id, timeout_ms).await?;
+    thumbnails::thumbnail(state, &item, &sha256, size).await
 }

@@ -1,4 +1,5 @@
-//! The media repository: uploads, reserved uploads, downloads and their headers, limits.
+//! The media repository: uploads, reserved uploads, downloads and their headers, ranges,
+//! thumbnails, limits, quotas, deletion, encrypted attachments, and the S3 store.
 
 use myelin_homeserver::backend_tests;
 
@@ -8,6 +9,10 @@ backend_tests!(
     upload_and_download_with_safe_headers,
     reserved_uploads_complete_once,
     uploads_are_limited_while_streaming,
+    ranges_and_waiting_for_an_upload,
+    thumbnails_of_real_and_hostile_images,
+    quotas_and_admin_deletion,
+    encrypted_attachments_round_trip,
 );
 
 impl Harness {
@@ -31,11 +36,26 @@ impl Harness {
 
     /// A raw GET, optionally authenticated.
     async fn raw_get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        self.get_with(path, token, &[]).await
+    }
+
+    /// A raw GET with extra headers.
+    async fn get_with(&self, path: &str, token: Option<&str>, headers: &[(&str, &str)]) -> reqwest::Response {
         let mut req = self.http.get(self.url(path));
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         req.send().await.unwrap()
+    }
+
+    /// Uploads `bytes`; panics unless it succeeds; returns the `server/media` path.
+    async fn upload_ok(&self, token: &str, content_type: &str, bytes: Vec<u8>) -> String {
+        let (status, uploaded) = self.upload(token, content_type, None, bytes).await;
+        assert_eq!(status, StatusCode::OK, "{uploaded}");
+        mxc_path(&uploaded["content_uri"])
     }
 }
 
@@ -113,8 +133,12 @@ async fn reserved_uploads_complete_once(backend: TestBackend) {
     assert!(created["unused_expires_at"].as_i64().unwrap() > 0);
     let path = mxc_path(&created["content_uri"]);
 
-    let resp = h.raw_get(&format!("/_matrix/client/v1/media/download/{path}"), Some(&bob.access_token)).await;
-    assert_error(&decode(resp).await, StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED");
+    let not_yet = format!("/_matrix/client/v1/media/download/{path}?timeout_ms=100");
+    assert_error(
+        &decode(h.raw_get(&not_yet, Some(&bob.access_token)).await).await,
+        StatusCode::GATEWAY_TIMEOUT,
+        "M_NOT_YET_UPLOADED",
+    );
     let put = |token: &str, body: &'static [u8]| {
         h.http
             .put(h.url(&format!("/_matrix/media/v3/upload/{path}?filename=notes.txt")))
@@ -163,4 +187,296 @@ async fn uploads_are_limited_while_streaming(backend: TestBackend) {
     // The legacy unauthenticated path is off here.
     let resp = h.raw_get(&format!("/_matrix/media/v3/download/{}/anything", h.server_name()), None).await;
     assert_error(&decode(resp).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+}
+
+async fn ranges_and_waiting_for_an_upload(backend: TestBackend) {
+    let h = Harness::start(backend).await;
+    let alice = h.register("alice", "pw").await;
+    let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let path = h.upload_ok(&alice.access_token, "video/mp4", bytes.clone()).await;
+    let url = format!("/_matrix/client/v1/media/download/{path}");
+    let token = Some(alice.access_token.as_str());
+
+    let whole = h.raw_get(&url, token).await;
+    assert_eq!((whole.status(), &whole.headers()["accept-ranges"]), (StatusCode::OK, &"bytes".parse().unwrap()));
+    for (range, expected, content_range) in [
+        ("bytes=100-199", 100..200, "bytes 100-199/10000"),
+        ("bytes=9990-", 9990..10_000, "bytes 9990-9999/10000"),
+        ("bytes=-10", 9990..10_000, "bytes 9990-9999/10000"),
+    ] {
+        let resp = h.get_with(&url, token, &[("Range", range)]).await;
+        assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(resp.headers()["content-range"], content_range);
+        assert_eq!(resp.headers()["content-length"], expected.len().to_string().as_str());
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), &bytes[expected]);
+    }
+    let resp = h.get_with(&url, token, &[("Range", "bytes=10000-")]).await;
+    assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(resp.headers()["content-range"], "bytes */10000");
+
+    // A download of a reserved ID waits for its upload.
+    let (_, created) = h.post("/_matrix/media/v1/create", token, json!({})).await;
+    let reserved = mxc_path(&created["content_uri"]);
+    let resp = h.raw_get(&format!("/_matrix/client/v1/media/download/{reserved}?timeout_ms=0"), token).await;
+    assert_error(&decode(resp).await, StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED");
+    let started = std::time::Instant::now();
+    let waiting_url = format!("/_matrix/client/v1/media/download/{reserved}?timeout_ms=30000");
+    let waiting = h.raw_get(&waiting_url, token);
+    let upload = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let resp = h
+            .http
+            .put(h.url(&format!("/_matrix/media/v3/upload/{reserved}")))
+            .bearer_auth(&alice.access_token)
+            .header("Content-Type", "text/plain")
+            .body("worth the wait")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    };
+    let (resp, ()) = tokio::join!(waiting, upload);
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"worth the wait");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "woken by the upload, not the timeout");
+}
+
+fn encode(image: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+/// A gradient photo-like image.
+fn picture(width: u32, height: u32) -> image::DynamicImage {
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, ((x + y) % 256) as u8])
+    }))
+}
+
+async fn thumbnails_of_real_and_hostile_images(backend: TestBackend) {
+    let h = Harness::start(backend).await;
+    let alice = h.register("alice", "pw").await;
+    let token = Some(alice.access_token.as_str());
+    let thumb = |path: &str, query: &str| format!("/_matrix/client/v1/media/thumbnail/{path}?{query}");
+    let dimensions = |bytes: &[u8]| {
+        let image = image::load_from_memory(bytes).unwrap();
+        (image.width(), image.height())
+    };
+
+    let jpeg =
+        h.upload_ok(&alice.access_token, "image/jpeg", encode(picture(1200, 900), image::ImageFormat::Jpeg)).await;
+    let resp = h.raw_get(&thumb(&jpeg, "width=300&height=200&method=scale"), token).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "image/jpeg");
+    assert_eq!(resp.headers()["content-disposition"], "inline; filename=\"thumbnail.jpeg\"");
+    assert_eq!(dimensions(&resp.bytes().await.unwrap()), (320, 240));
+    let resp = h.raw_get(&thumb(&jpeg, "width=64&height=64&method=crop"), token).await;
+    let first = resp.bytes().await.unwrap();
+    assert_eq!(dimensions(&first), (96, 96));
+    // Made once, then served from the store.
+    let cached = h.server.config.data_dir.join("media/thumbnails");
+    let made: Vec<_> =
+        std::fs::read_dir(&cached).unwrap().flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap()).collect();
+    assert_eq!(made.len(), 2);
+    let again = h.raw_get(&thumb(&jpeg, "width=90&height=90&method=crop"), token).await.bytes().await.unwrap();
+    assert_eq!(again, first);
+
+    // PNG (with transparency), GIF and WebP become PNG thumbnails; the legacy path works too.
+    let rgba =
+        image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(500, 500, |x, _| image::Rgba([0, 0, 0, x as u8])));
+    for (format, source) in [
+        (image::ImageFormat::Png, rgba),
+        (image::ImageFormat::Gif, picture(400, 300)),
+        (image::ImageFormat::WebP, picture(400, 300)),
+    ] {
+        let path = h.upload_ok(&alice.access_token, format.to_mime_type(), encode(source, format)).await;
+        let resp = h.raw_get(&format!("/_matrix/media/v3/thumbnail/{path}?width=32&height=32&method=crop"), None).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{format:?}");
+        assert_eq!(resp.headers()["content-type"], "image/png", "{format:?}");
+        assert_eq!(dimensions(&resp.bytes().await.unwrap()), (32, 32), "{format:?}");
+    }
+
+    // Smaller than asked: the original, never upscaled. Larger than any size made: the original.
+    let small = encode(picture(20, 10), image::ImageFormat::Png);
+    let path = h.upload_ok(&alice.access_token, "application/octet-stream", small.clone()).await;
+    let resp = h.raw_get(&thumb(&path, "width=32&height=32"), token).await;
+    assert_eq!(resp.headers()["content-type"], "image/png", "the type the bytes show");
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &small[..]);
+    let resp = h.raw_get(&thumb(&jpeg, "width=2000&height=2000"), token).await;
+    assert_eq!(dimensions(&resp.bytes().await.unwrap()), (1200, 900));
+
+    // A GIF whose header claims 65535×65535 pixels (16 GiB decoded): refused unread.
+    let mut bomb = encode(picture(1, 1), image::ImageFormat::Gif);
+    bomb[6..10].copy_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+    let path = h.upload_ok(&alice.access_token, "image/gif", bomb).await;
+    let resp = h.raw_get(&thumb(&path, "width=32&height=32"), token).await;
+    assert_error(&decode(resp).await, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    // Truncated, and not an image at all.
+    let whole = encode(picture(300, 300), image::ImageFormat::Png);
+    let path = h.upload_ok(&alice.access_token, "image/png", whole[..whole.len() / 2].to_vec()).await;
+    assert_error(
+        &decode(h.raw_get(&thumb(&path, "width=32&height=32"), token).await).await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN",
+    );
+    let path = h.upload_ok(&alice.access_token, "image/svg+xml", b"<svg onload='alert(1)'/>".to_vec()).await;
+    assert_error(
+        &decode(h.raw_get(&thumb(&path, "width=32&height=32"), token).await).await,
+        StatusCode::BAD_REQUEST,
+        "M_UNKNOWN",
+    );
+    // Nonsense sizes, and no token.
+    assert_error(
+        &decode(h.raw_get(&thumb(&jpeg, "width=0&height=32"), token).await).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &decode(h.raw_get(&thumb(&jpeg, "width=32&height=32&method=zoom"), token).await).await,
+        StatusCode::BAD_REQUEST,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &decode(h.raw_get(&thumb(&jpeg, "width=32&height=32"), None).await).await,
+        StatusCode::UNAUTHORIZED,
+        "M_MISSING_TOKEN",
+    );
+    // The server is still fine.
+    assert_eq!(h.raw_get(&thumb(&jpeg, "width=32&height=32"), token).await.status(), StatusCode::OK);
+}
+
+async fn quotas_and_admin_deletion(backend: TestBackend) {
+    let h = Harness::start_with(backend, |config| {
+        config.media.max_user_storage = Some(100_000);
+        config.admins = vec![format!("@root:{}", config.server_name)];
+    })
+    .await;
+    let alice = h.register("alice", "pw").await;
+    let bob = h.register("bob", "pw").await;
+    let root = h.register("root", "pw").await;
+    let octets = "application/octet-stream";
+    let shared = encode(picture(200, 200), image::ImageFormat::Png);
+    assert!(shared.len() < 100_000, "{}", shared.len());
+
+    // Alice's quota: what fits is taken; what does not is refused whole, declared or streamed.
+    let path_a = h.upload_ok(&alice.access_token, "image/png", shared.clone()).await;
+    let left = 100_000 - shared.len();
+    let response = h.upload(&alice.access_token, octets, None, vec![1; left + 1]).await;
+    assert_error(&response, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(vec![2; left]), Ok(vec![2; 10])];
+    let resp = h
+        .http
+        .post(h.url("/_matrix/media/v3/upload"))
+        .bearer_auth(&alice.access_token)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_error(&decode(resp).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    h.upload_ok(&alice.access_token, octets, vec![3; left]).await;
+    assert_error(&h.upload(&alice.access_token, octets, None, vec![4]).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    // Bob has his own quota; the same bytes are stored once.
+    let path_b = h.upload_ok(&bob.access_token, "image/png", shared.clone()).await;
+    assert_eq!(objects(&h).len(), 2, "{:?}", objects(&h));
+    let thumb = |path: &str| format!("/_matrix/client/v1/media/thumbnail/{path}?width=32&height=32&method=crop");
+    assert_eq!(h.raw_get(&thumb(&path_a), Some(&bob.access_token)).await.status(), StatusCode::OK);
+
+    // Only admins delete; the bytes stay while another upload uses them.
+    let delete = |path: &str, token: &str| {
+        h.http.delete(h.url(&format!("/_myelin/admin/v1/media/{path}"))).bearer_auth(token.to_owned()).send()
+    };
+    assert_error(
+        &decode(delete(&path_a, &alice.access_token).await.unwrap()).await,
+        StatusCode::FORBIDDEN,
+        "M_FORBIDDEN",
+    );
+    let (status, deleted) = decode(delete(&path_a, &root.access_token).await.unwrap()).await;
+    assert_eq!(
+        (status, &deleted),
+        (StatusCode::OK, &json!({"deleted_media": [path_a.split('/').nth(1).unwrap()], "total": 1}))
+    );
+    let resp = h.raw_get(&format!("/_matrix/client/v1/media/download/{path_a}"), Some(&bob.access_token)).await;
+    assert_error(&decode(resp).await, StatusCode::NOT_FOUND, "M_NOT_FOUND");
+    let resp = h.raw_get(&format!("/_matrix/client/v1/media/download/{path_b}"), Some(&bob.access_token)).await;
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &shared[..]);
+    // The last one takes the bytes and the thumbnails with it, and frees the quota.
+    let (status, _) = decode(delete(&path_b, &root.access_token).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(objects(&h).len(), 1, "{:?}", objects(&h));
+    let thumbnails = h.server.config.data_dir.join("media/thumbnails");
+    let left_over: usize =
+        std::fs::read_dir(&thumbnails).unwrap().map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count()).sum();
+    assert_eq!(left_over, 0);
+    let (status, deleted) = decode(delete(&path_b, &root.access_token).await.unwrap()).await;
+    assert_eq!((status, deleted["total"].as_i64()), (StatusCode::NOT_FOUND, None));
+    h.upload_ok(&bob.access_token, octets, vec![5; 100_000]).await;
+}
+
+/// Encrypts `plaintext` as the spec's encrypted attachments do (AES-256-CTR, SHA-256 of the
+/// ciphertext); returns the ciphertext and the `file` object without its `url`.
+fn encrypt_attachment(plaintext: &[u8]) -> (Vec<u8>, Value) {
+    use aes::cipher::{KeyIvInit, StreamCipher};
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use sha2::Digest;
+    let key: [u8; 32] = rand::random();
+    let mut iv = [0u8; 16];
+    iv[..8].copy_from_slice(&rand::random::<[u8; 8]>());
+    let mut ciphertext = plaintext.to_vec();
+    ctr::Ctr128BE::<aes::Aes256>::new_from_slices(&key, &iv).unwrap().apply_keystream(&mut ciphertext);
+    let file = json!({
+        "v": "v2",
+        "key": {"kty": "oct", "key_ops": ["encrypt", "decrypt"], "alg": "A256CTR", "k": URL_SAFE_NO_PAD.encode(key), "ext": true},
+        "iv": STANDARD_NO_PAD.encode(iv),
+        "hashes": {"sha256": STANDARD_NO_PAD.encode(sha2::Sha256::digest(&ciphertext))},
+    });
+    (ciphertext, file)
+}
+
+fn decrypt_attachment(ciphertext: &[u8], file: &Value) -> Vec<u8> {
+    use aes::cipher::{KeyIvInit, StreamCipher};
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use sha2::Digest;
+    let hash = STANDARD_NO_PAD.decode(file["hashes"]["sha256"].as_str().unwrap()).unwrap();
+    assert_eq!(sha2::Sha256::digest(ciphertext).as_slice(), &hash[..], "the ciphertext arrived intact");
+    let key = URL_SAFE_NO_PAD.decode(file["key"]["k"].as_str().unwrap()).unwrap();
+    let iv = STANDARD_NO_PAD.decode(file["iv"].as_str().unwrap()).unwrap();
+    let mut plaintext = ciphertext.to_vec();
+    ctr::Ctr128BE::<aes::Aes256>::new_from_slices(&key, &iv).unwrap().apply_keystream(&mut plaintext);
+    plaintext
+}
+
+async fn encrypted_attachments_round_trip(backend: TestBackend) {
+    let h = Harness::start(backend).await;
+    let alice = h.register("alice", "pw").await;
+    let bob = h.register("bob", "pw").await;
+    let room = h.create_room(&alice, json!({"invite": [bob.user_id]})).await;
+    assert_eq!(h.membership(&bob, &room, "join", None).await.0, StatusCode::OK);
+
+    let plaintext: Vec<u8> = b"the plans, in full: ".iter().copied().cycle().take(300_000).collect();
+    let (ciphertext, mut file) = encrypt_attachment(&plaintext);
+    let path = h.upload_ok(&alice.access_token, "application/octet-stream", ciphertext).await;
+    file["url"] = json!(format!("mxc://{path}"));
+    let content = json!({"msgtype": "m.file", "body": "plans.txt", "info": {"size": plaintext.len()}, "file": file});
+    let (status, sent) = h
+        .put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/att1"), Some(&alice.access_token), content)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+
+    let sync = h.sync(&bob, None, 0, None).await;
+    let events = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    let event = events.iter().find(|e| e["content"]["msgtype"] == "m.file").expect("the file message");
+    let file = &event["content"]["file"];
+    let path = file["url"].as_str().unwrap().strip_prefix("mxc://").unwrap();
+    let resp = h.raw_get(&format!("/_matrix/client/v1/media/download/{path}"), Some(&bob.access_token)).await;
+    let received = resp.bytes().await.unwrap();
+    assert_eq!(decrypt_attachment(&received, file), plaintext);
+
+    // The server holds ciphertext only.
+    let needle = &plaintext[..40];
+    assert!(!h.server.database_dump().await.as_bytes().windows(needle.len()).any(|w| w == needle));
+    let stored = std::fs::read(h.server.config.data_dir.join("media/sha256").join(objects(&h)[0].clone())).unwrap();
+    assert!(!stored.windows(needle.len()).any(|w| w == needle), "plaintext in the media store");
 }
