@@ -215,3 +215,58 @@ def test_end_to_end_encryption(homeserver, tmp_path):
             await client.close()
 
     run(scenario())
+
+
+def png(width, height):
+    """A gradient PNG, written by hand so the test needs no imaging library."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def row(y):
+        # Filter type 0, then RGB pixels.
+        return b"\x00" + bytes(v for x in range(width) for v in (x * 255 // width, y * 255 // height, 128))
+
+    rows = b"".join(row(y) for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_encrypted_attachment_and_thumbnail(homeserver):
+    """nio encrypts a file (AES-256-CTR, the spec's attachment format), uploads the ciphertext,
+    downloads it back and decrypts it; and fetches a thumbnail of an image."""
+    import io
+    import struct
+
+    from nio import DownloadResponse, ResizingMethod, ThumbnailResponse, UploadResponse
+    from nio.crypto.attachments import decrypt_attachment
+
+    url, server_name = homeserver
+
+    async def scenario():
+        alice = AsyncClient(url, "nio_media_alice")
+        assert isinstance(await alice.register("nio_media_alice", "pw", "a"), RegisterResponse)
+
+        plaintext = os.urandom(300_000)
+        uploaded, keys = await alice.upload(
+            io.BytesIO(plaintext), content_type="application/octet-stream", filename="secret.bin",
+            encrypt=True, filesize=len(plaintext))
+        assert isinstance(uploaded, UploadResponse), uploaded
+        downloaded = await alice.download(uploaded.content_uri)
+        assert isinstance(downloaded, DownloadResponse), downloaded
+        assert downloaded.body != plaintext, "the server got ciphertext"
+        assert decrypt_attachment(downloaded.body, keys["key"]["k"], keys["hashes"]["sha256"], keys["iv"]) == plaintext
+
+        image = png(400, 300)
+        uploaded, _ = await alice.upload(io.BytesIO(image), content_type="image/png", filename="g.png", filesize=len(image))
+        assert isinstance(uploaded, UploadResponse), uploaded
+        media_id = uploaded.content_uri.split("/")[-1]
+        thumb = await alice.thumbnail(server_name, media_id, 32, 32, ResizingMethod.crop)
+        assert isinstance(thumb, ThumbnailResponse), thumb
+        assert thumb.content_type == "image/png"
+        assert struct.unpack(">II", thumb.body[16:24]) == (32, 32)
+        await alice.close()
+
+    run(scenario())

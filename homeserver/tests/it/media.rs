@@ -480,3 +480,107 @@ async fn encrypted_attachments_round_trip(backend: TestBackend) {
     let stored = std::fs::read(h.server.config.data_dir.join("media/sha256").join(objects(&h)[0].clone())).unwrap();
     assert!(!stored.windows(needle.len()).any(|w| w == needle), "plaintext in the media store");
 }
+
+/// The S3 server of `MYELIN_TEST_S3_*` (endpoint, bucket, access key, secret key), as
+/// object_store options.
+fn s3_options() -> (String, std::collections::BTreeMap<String, String>) {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let options = [
+        ("aws_endpoint", var("MYELIN_TEST_S3_ENDPOINT", "")),
+        ("aws_access_key_id", var("MYELIN_TEST_S3_ACCESS_KEY", "myelin")),
+        ("aws_secret_access_key", var("MYELIN_TEST_S3_SECRET_KEY", "myelin-secret")),
+        ("aws_region", "us-east-1".to_owned()),
+        ("aws_allow_http", "true".to_owned()),
+        ("aws_virtual_hosted_style_request", "false".to_owned()),
+    ];
+    let options = options.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    (var("MYELIN_TEST_S3_BUCKET", "myelin-test"), options)
+}
+
+/// The keys under `prefix` in the test bucket.
+async fn s3_keys(prefix: &str) -> Vec<String> {
+    use futures_util::TryStreamExt;
+    use object_store::ObjectStore;
+    let (bucket, options) = s3_options();
+    let mut builder = object_store::aws::AmazonS3Builder::new().with_bucket_name(bucket);
+    for (key, value) in options {
+        builder = builder.with_config(key.parse().unwrap(), value);
+    }
+    let store = builder.build().unwrap();
+    let listed: Vec<_> = store.list(Some(&object_store::path::Path::from(prefix))).try_collect().await.unwrap();
+    let mut keys: Vec<String> =
+        listed.into_iter().map(|m| m.location.as_ref().strip_prefix(prefix).unwrap().to_owned()).collect();
+    keys.sort();
+    keys
+}
+
+/// Uploads, downloads, ranges, thumbnails, limits and deletion on an S3-compatible server.
+#[tokio::test]
+#[cfg_attr(not(myelin_s3_tests), ignore = "set MYELIN_TEST_S3_ENDPOINT (and _BUCKET, _ACCESS_KEY, _SECRET_KEY) to run")]
+async fn s3_store() {
+    let prefix = format!("run-{}", uuid::Uuid::new_v4().simple());
+    let h = Harness::start_with(TestBackend::Sqlite, |config| {
+        let (bucket, options) = s3_options();
+        config.media.store = Some(format!("s3://{bucket}/{prefix}"));
+        config.media.store_options = options;
+        config.media.max_upload_size = 2 * 1024 * 1024;
+        config.admins = vec![format!("@root:{}", config.server_name)];
+    })
+    .await;
+    let alice = h.register("alice", "pw").await;
+    let root = h.register("root", "pw").await;
+    let token = Some(alice.access_token.as_str());
+    let photo = encode(picture(1000, 800), image::ImageFormat::Jpeg);
+    let path = h.upload_ok(&alice.access_token, "image/jpeg", photo.clone()).await;
+    let again = h.upload_ok(&alice.access_token, "image/jpeg", photo.clone()).await;
+
+    let resp = h.raw_get(&format!("/_matrix/client/v1/media/download/{again}"), token).await;
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &photo[..]);
+    let resp =
+        h.get_with(&format!("/_matrix/client/v1/media/download/{path}"), token, &[("Range", "bytes=10-19")]).await;
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), &photo[10..20]);
+    let resp =
+        h.raw_get(&format!("/_matrix/client/v1/media/thumbnail/{path}?width=96&height=96&method=crop"), token).await;
+    assert_eq!((resp.status(), &resp.headers()["content-type"]), (StatusCode::OK, &"image/jpeg".parse().unwrap()));
+
+    // A reserved upload, and an upload refused while streaming, leaving nothing behind.
+    let (_, created) = h.post("/_matrix/media/v1/create", token, json!({})).await;
+    let reserved = mxc_path(&created["content_uri"]);
+    let resp = h
+        .http
+        .put(h.url(&format!("/_matrix/media/v3/upload/{reserved}")))
+        .bearer_auth(&alice.access_token)
+        .body(vec![9u8; 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..3).map(|_| Ok(vec![1; 1024 * 1024])).collect();
+    let resp = h
+        .http
+        .post(h.url("/_matrix/media/v3/upload"))
+        .bearer_auth(&alice.access_token)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_error(&decode(resp).await, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    let keys = s3_keys(&prefix).await;
+    assert_eq!(keys.iter().filter(|k| k.starts_with("/sha256/")).count(), 2, "{keys:?}");
+    assert_eq!(keys.iter().filter(|k| k.starts_with("/thumbnails/")).count(), 1, "{keys:?}");
+    assert!(!keys.iter().any(|k| k.starts_with("/tmp/")), "{keys:?}");
+
+    // Deleting both items of the photo removes its bytes and thumbnail from the bucket.
+    for item in [&path, &again] {
+        let resp = h
+            .http
+            .delete(h.url(&format!("/_myelin/admin/v1/media/{item}")))
+            .bearer_auth(&root.access_token)
+            .send()
+            .await;
+        assert_eq!(resp.unwrap().status(), StatusCode::OK);
+    }
+    let keys = s3_keys(&prefix).await;
+    assert_eq!(keys.len(), 1, "only the reserved upload's bytes: {keys:?}");
+}
