@@ -51,6 +51,20 @@ impl Harness {
         req.send().await.unwrap()
     }
 
+    /// Uploads `chunks` as a stream, with no length declared.
+    async fn upload_chunked(&self, token: &str, chunks: Vec<Vec<u8>>) -> (StatusCode, Value) {
+        let chunks = chunks.into_iter().map(Ok::<_, std::io::Error>).collect::<Vec<_>>();
+        let resp = self
+            .http
+            .post(self.url("/_matrix/media/v3/upload"))
+            .bearer_auth(token)
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+            .send()
+            .await
+            .unwrap();
+        decode(resp).await
+    }
+
     /// Uploads `bytes`; panics unless it succeeds; returns the `server/media` path.
     async fn upload_ok(&self, token: &str, content_type: &str, bytes: Vec<u8>) -> String {
         let (status, uploaded) = self.upload(token, content_type, None, bytes).await;
@@ -171,16 +185,8 @@ async fn uploads_are_limited_while_streaming(backend: TestBackend) {
     let response = h.upload(&alice.access_token, "application/octet-stream", None, vec![7; 1001]).await;
     assert_error(&response, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
     // Chunked, with no length declared: refused while streaming, nothing left behind.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..5).map(|_| Ok(vec![1; 300])).collect();
-    let resp = h
-        .http
-        .post(h.url("/_matrix/media/v3/upload"))
-        .bearer_auth(&alice.access_token)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
-    assert_error(&decode(resp).await, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    let resp = h.upload_chunked(&alice.access_token, (0..5).map(|_| vec![1; 300]).collect()).await;
+    assert_error(&resp, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
     assert_eq!(objects(&h).len(), 1);
     let tmp = h.server.config.data_dir.join("media").join("tmp");
     assert!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0, "no partial upload stays");
@@ -312,36 +318,19 @@ async fn thumbnails_of_real_and_hostile_images(backend: TestBackend) {
     let path = h.upload_ok(&alice.access_token, "image/gif", bomb).await;
     let resp = h.raw_get(&thumb(&path, "width=32&height=32"), token).await;
     assert_error(&decode(resp).await, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
-    // Truncated, and not an image at all.
+    // Truncated, and not an image at all; nonsense sizes; no token.
     let whole = encode(picture(300, 300), image::ImageFormat::Png);
-    let path = h.upload_ok(&alice.access_token, "image/png", whole[..whole.len() / 2].to_vec()).await;
-    assert_error(
-        &decode(h.raw_get(&thumb(&path, "width=32&height=32"), token).await).await,
-        StatusCode::BAD_REQUEST,
-        "M_UNKNOWN",
-    );
-    let path = h.upload_ok(&alice.access_token, "image/svg+xml", b"<svg onload='alert(1)'/>".to_vec()).await;
-    assert_error(
-        &decode(h.raw_get(&thumb(&path, "width=32&height=32"), token).await).await,
-        StatusCode::BAD_REQUEST,
-        "M_UNKNOWN",
-    );
-    // Nonsense sizes, and no token.
-    assert_error(
-        &decode(h.raw_get(&thumb(&jpeg, "width=0&height=32"), token).await).await,
-        StatusCode::BAD_REQUEST,
-        "M_INVALID_PARAM",
-    );
-    assert_error(
-        &decode(h.raw_get(&thumb(&jpeg, "width=32&height=32&method=zoom"), token).await).await,
-        StatusCode::BAD_REQUEST,
-        "M_INVALID_PARAM",
-    );
-    assert_error(
-        &decode(h.raw_get(&thumb(&jpeg, "width=32&height=32"), None).await).await,
-        StatusCode::UNAUTHORIZED,
-        "M_MISSING_TOKEN",
-    );
+    let truncated = h.upload_ok(&alice.access_token, "image/png", whole[..whole.len() / 2].to_vec()).await;
+    let svg = h.upload_ok(&alice.access_token, "image/svg+xml", b"<svg onload='alert(1)'/>".to_vec()).await;
+    for (path, query, token, status, errcode) in [
+        (&truncated, "width=32&height=32", token, StatusCode::BAD_REQUEST, "M_UNKNOWN"),
+        (&svg, "width=32&height=32", token, StatusCode::BAD_REQUEST, "M_UNKNOWN"),
+        (&jpeg, "width=0&height=32", token, StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        (&jpeg, "width=32&height=32&method=zoom", token, StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        (&jpeg, "width=32&height=32", None, StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"),
+    ] {
+        assert_error(&decode(h.raw_get(&thumb(path, query), token).await).await, status, errcode);
+    }
     // The server is still fine.
     assert_eq!(h.raw_get(&thumb(&jpeg, "width=32&height=32"), token).await.status(), StatusCode::OK);
 }
@@ -364,16 +353,8 @@ async fn quotas_and_admin_deletion(backend: TestBackend) {
     let left = 100_000 - shared.len();
     let response = h.upload(&alice.access_token, octets, None, vec![1; left + 1]).await;
     assert_error(&response, StatusCode::FORBIDDEN, "M_FORBIDDEN");
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(vec![2; left]), Ok(vec![2; 10])];
-    let resp = h
-        .http
-        .post(h.url("/_matrix/media/v3/upload"))
-        .bearer_auth(&alice.access_token)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
-    assert_error(&decode(resp).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
+    let resp = h.upload_chunked(&alice.access_token, vec![vec![2; left], vec![2; 10]]).await;
+    assert_error(&resp, StatusCode::FORBIDDEN, "M_FORBIDDEN");
     h.upload_ok(&alice.access_token, octets, vec![3; left]).await;
     assert_error(&h.upload(&alice.access_token, octets, None, vec![4]).await, StatusCode::FORBIDDEN, "M_FORBIDDEN");
     // Bob has his own quota; the same bytes are stored once.
@@ -416,15 +397,13 @@ async fn quotas_and_admin_deletion(backend: TestBackend) {
 /// Encrypts `plaintext` as the spec's encrypted attachments do (AES-256-CTR, SHA-256 of the
 /// ciphertext); returns the ciphertext and the `file` object without its `url`.
 fn encrypt_attachment(plaintext: &[u8]) -> (Vec<u8>, Value) {
-    use aes::cipher::{KeyIvInit, StreamCipher};
     use base64::Engine;
     use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
     use sha2::Digest;
     let key: [u8; 32] = rand::random();
     let mut iv = [0u8; 16];
     iv[..8].copy_from_slice(&rand::random::<[u8; 8]>());
-    let mut ciphertext = plaintext.to_vec();
-    ctr::Ctr128BE::<aes::Aes256>::new_from_slices(&key, &iv).unwrap().apply_keystream(&mut ciphertext);
+    let ciphertext = aes_256_ctr(&key, &iv, plaintext);
     let file = json!({
         "v": "v2",
         "key": {"kty": "oct", "key_ops": ["encrypt", "decrypt"], "alg": "A256CTR", "k": URL_SAFE_NO_PAD.encode(key), "ext": true},
@@ -435,7 +414,6 @@ fn encrypt_attachment(plaintext: &[u8]) -> (Vec<u8>, Value) {
 }
 
 fn decrypt_attachment(ciphertext: &[u8], file: &Value) -> Vec<u8> {
-    use aes::cipher::{KeyIvInit, StreamCipher};
     use base64::Engine;
     use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
     use sha2::Digest;
@@ -443,9 +421,15 @@ fn decrypt_attachment(ciphertext: &[u8], file: &Value) -> Vec<u8> {
     assert_eq!(sha2::Sha256::digest(ciphertext).as_slice(), &hash[..], "the ciphertext arrived intact");
     let key = URL_SAFE_NO_PAD.decode(file["key"]["k"].as_str().unwrap()).unwrap();
     let iv = STANDARD_NO_PAD.decode(file["iv"].as_str().unwrap()).unwrap();
-    let mut plaintext = ciphertext.to_vec();
-    ctr::Ctr128BE::<aes::Aes256>::new_from_slices(&key, &iv).unwrap().apply_keystream(&mut plaintext);
-    plaintext
+    aes_256_ctr(&key, &iv, ciphertext)
+}
+
+/// AES-256-CTR with a 128-bit big-endian counter block, the attachment cipher: its own inverse.
+fn aes_256_ctr(key: &[u8], iv: &[u8], data: &[u8]) -> Vec<u8> {
+    use aes::cipher::{KeyIvInit, StreamCipher};
+    let mut out = data.to_vec();
+    ctr::Ctr128BE::<aes::Aes256>::new_from_slices(key, iv).unwrap().apply_keystream(&mut out);
+    out
 }
 
 async fn encrypted_attachments_round_trip(backend: TestBackend) {
@@ -556,16 +540,8 @@ async fn s3_store() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..3).map(|_| Ok(vec![1; 1024 * 1024])).collect();
-    let resp = h
-        .http
-        .post(h.url("/_matrix/media/v3/upload"))
-        .bearer_auth(&alice.access_token)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
-    assert_error(&decode(resp).await, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    let resp = h.upload_chunked(&alice.access_token, (0..3).map(|_| vec![1; 1024 * 1024]).collect()).await;
+    assert_error(&resp, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
     let keys = s3_keys(&prefix).await;
     assert_eq!(keys.iter().filter(|k| k.starts_with("/sha256/")).count(), 2, "{keys:?}");
     assert_eq!(keys.iter().filter(|k| k.starts_with("/thumbnails/")).count(), 1, "{keys:?}");
