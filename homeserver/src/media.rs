@@ -169,17 +169,29 @@ impl MediaStore {
         self.read(&object_path(sha256), range).await
     }
 
-    /// Removes an upload's bytes and every thumbnail made of them.
+    /// Whether the bytes of an upload are there.
+    pub async fn exists(&self, sha256: &str) -> Result<bool, MediaError> {
+        match self.store.head(&object_path(sha256)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Removes an upload's bytes and every thumbnail made of them, the bytes last: a failure
+    /// halfway leaves the upload whole (if without some thumbnails).
     pub async fn delete(&self, sha256: &str) -> Result<(), MediaError> {
-        let thumbnails = self.store.list(Some(&thumbnail_dir(sha256))).map_ok(|meta| meta.location);
-        let object = futures_util::stream::once(std::future::ready(Ok(object_path(sha256))));
-        let objects = object.chain(thumbnails).boxed();
-        let mut deleted = self.store.delete_stream(objects);
+        let thumbnails = self.store.list(Some(&thumbnail_dir(sha256))).map_ok(|meta| meta.location).boxed();
+        let mut deleted = self.store.delete_stream(thumbnails);
         while let Some(result) = deleted.next().await {
             match result {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(err) => return Err(err.into()),
             }
+        }
+        match self.store.delete(&object_path(sha256)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(err) => return Err(err.into()),
         }
         Ok(())
     }

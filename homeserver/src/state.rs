@@ -32,8 +32,8 @@ pub struct Inner {
     pub media: MediaStore,
     /// Wakes downloads waiting for a reserved media ID's upload (in this process; others poll).
     pub media_uploaded: tokio::sync::Notify,
-    /// Thumbnails being made at once, at most: decoding is CPU- and memory-heavy.
-    pub thumbnailers: tokio::sync::Semaphore,
+    /// The memory thumbnailing may hold at once, in MiB: decoding images is memory-heavy.
+    pub thumbnail_memory: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -49,7 +49,6 @@ impl AppState {
         let notifier = Arc::new(tokio::sync::watch::Sender::new(stream_position));
         let signing_key = Arc::new(signing_key);
         let writer = Writer::start(storage.clone(), signing_key.clone(), notifier.clone());
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         Self(Arc::new(Inner {
             config,
             storage,
@@ -59,7 +58,7 @@ impl AppState {
             writer,
             media,
             media_uploaded: tokio::sync::Notify::new(),
-            thumbnailers: tokio::sync::Semaphore::new(cores),
+            thumbnail_memory: tokio::sync::Semaphore::new(crate::api::media::THUMBNAIL_MEMORY_MIB as usize),
         }))
     }
 }

@@ -11,6 +11,7 @@ use super::client::rooms::parse_user;
 use super::error::{ApiResult, MatrixError};
 use crate::rooms::notices;
 use crate::state::AppState;
+use crate::storage::MediaItem;
 
 /// Administration endpoints.
 #[derive(Default)]
@@ -104,22 +105,34 @@ impl AdminApi {
         let Some(item) = state.storage.media(&media_id).await? else {
             return Err(MatrixError::not_found("Media not found"));
         };
-        // A reservation has no bytes: its ID stands in for them as the lock's name.
-        let content = item.sha256.as_deref().unwrap_or(&item.media_id);
-        let mut write = state.storage.begin_media_write(content, None).await?;
-        let deleted = match write.delete(&media_id).await? {
-            None => false,
-            Some(sharing) => {
-                if let (Some(sha256), 0) = (&item.sha256, sharing) {
-                    // Under the lock: no upload of the same bytes can be relying on them now.
-                    state.media.delete(sha256).await?;
-                }
-                true
-            }
-        };
-        write.commit().await?;
+        let deleted = delete_media_item(&state, item).await?;
         tracing::info!(admin = %user.user_id, media_id = %media_id.0, deleted, "media deleted");
         let deleted_media = if deleted { vec![media_id.0] } else { Vec::new() };
         Ok(Json(DeletedMedia { total: deleted_media.len() as i64, deleted_media }))
+    }
+}
+
+/// Deletes a media item, and its bytes and thumbnails once nothing else uses them. The bytes
+/// are removed under the content's lock (no upload can be counting on them then) and before
+/// the commit: if that fails the item stays, without bytes, and deleting it again finishes.
+async fn delete_media_item(state: &AppState, mut item: MediaItem) -> Result<bool, MatrixError> {
+    loop {
+        // A reservation has no bytes: its ID stands in for them as the lock's name.
+        let content = item.sha256.clone().unwrap_or_else(|| item.media_id.clone());
+        let mut write = state.storage.begin_media_write(&content, None).await?;
+        let Some(deleted) = write.delete(&item.media_id).await? else { return Ok(false) };
+        if deleted.sha256 != item.sha256 {
+            // Its upload finished since it was read: lock its bytes instead.
+            drop(write);
+            item = deleted;
+            continue;
+        }
+        if let Some(sha256) = &deleted.sha256
+            && write.references(sha256).await? == 0
+        {
+            state.media.delete(sha256).await?;
+        }
+        write.commit().await?;
+        return Ok(true);
     }
 }

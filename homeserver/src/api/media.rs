@@ -25,7 +25,7 @@ mod thumbnails;
 mod upload;
 
 pub use serve::Download;
-pub use thumbnails::Thumbnail;
+pub use thumbnails::{THUMBNAIL_MEMORY_MIB, Thumbnail};
 use upload::Target;
 
 /// Media endpoints.
@@ -373,7 +373,7 @@ async fn thumbnail(
     (width, height, method): (i64, i64, Option<&str>),
     timeout_ms: Option<i64>,
 ) -> ApiResult<Thumbnail> {
-    let size = thumbnails::requested(width, height, method)?;
+    let want = thumbnails::requested(width, height, method)?;
     let (item, sha256) = serve::local_media(state, server_name, media_id, timeout_ms).await?;
-    thumbnails::thumbnail(state, &item, &sha256, size).await
+    thumbnails::thumbnail(state, &item, &sha256, want).await
 }

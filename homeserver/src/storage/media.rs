@@ -39,7 +39,7 @@ pub struct Uploaded<'a> {
 /// A write to the media table that holds its content hash (and, for uploads under a quota,
 /// the uploader) against concurrent writers: whoever deletes the last reference to some bytes
 /// also deletes the object, and must not race an upload of the same bytes that found the object
-/// already there. The caller settles or deletes the object while this is open, then commits.
+/// already there. Uploads check the object is there, deletions remove it, while this is open.
 pub struct MediaWrite {
     tx: WriteTx,
 }
@@ -143,15 +143,20 @@ impl MediaWrite {
         }
     }
 
-    /// Deletes a media item; returns how many items still share its bytes, or `None` if it
-    /// was not there.
-    pub async fn delete(&mut self, media_id: &str) -> Result<Option<i64>> {
-        let Some(item) = media(&mut self.tx, media_id).await? else { return Ok(None) };
-        sqlx::query("DELETE FROM media WHERE media_id = $1").bind(media_id).execute(&mut *self.tx).await?;
-        let Some(sha256) = item.sha256 else { return Ok(Some(0)) };
+    /// Deletes a media item; returns it as it was, or `None` if it was not there.
+    pub async fn delete(&mut self, media_id: &str) -> Result<Option<MediaItem>> {
+        let item = media(&mut self.tx, media_id).await?;
+        if item.is_some() {
+            sqlx::query("DELETE FROM media WHERE media_id = $1").bind(media_id).execute(&mut *self.tx).await?;
+        }
+        Ok(item)
+    }
+
+    /// How many media items use the bytes `sha256`.
+    pub async fn references(&mut self, sha256: &str) -> Result<i64> {
         let row =
             sqlx::query("SELECT COUNT(*) FROM media WHERE sha256 = $1").bind(sha256).fetch_one(&mut *self.tx).await?;
-        Ok(Some(row.try_get(0)?))
+        Ok(row.try_get(0)?)
     }
 
     /// Commits.

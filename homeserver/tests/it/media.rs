@@ -120,6 +120,8 @@ async fn upload_and_download_with_safe_headers(backend: TestBackend) {
     assert_error(&decode(resp).await, StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN");
     let resp = h.raw_get(&format!("/_matrix/media/v3/download/{path}"), None).await;
     assert_eq!(resp.status(), StatusCode::OK);
+    let resp = h.raw_get(&format!("/_matrix/media/v3/download/{path}/kitten.png"), None).await;
+    assert_eq!(resp.headers()["content-disposition"], "inline; filename*=utf-8''kitten.png");
     // Unknown media and other servers' media.
     let resp = h
         .raw_get(&format!("/_matrix/client/v1/media/download/{}/nope", h.server_name()), Some(&bob.access_token))
@@ -216,6 +218,12 @@ async fn ranges_and_waiting_for_an_upload(backend: TestBackend) {
         assert_eq!(resp.headers()["content-length"], expected.len().to_string().as_str());
         assert_eq!(resp.bytes().await.unwrap().as_ref(), &bytes[expected]);
     }
+    // If-Range: the range only while the client's copy is of the same bytes.
+    let etag = whole.headers()["etag"].to_str().unwrap().to_owned();
+    let resp = h.get_with(&url, token, &[("Range", "bytes=0-9"), ("If-Range", &etag)]).await;
+    assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+    let resp = h.get_with(&url, token, &[("Range", "bytes=0-9"), ("If-Range", "\"other\"")]).await;
+    assert_eq!((resp.status(), resp.bytes().await.unwrap().len()), (StatusCode::OK, 10_000));
     let resp = h.get_with(&url, token, &[("Range", "bytes=10000-")]).await;
     assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(resp.headers()["content-range"], "bytes */10000");
@@ -284,7 +292,7 @@ async fn thumbnails_of_real_and_hostile_images(backend: TestBackend) {
     let cached = h.server.config.data_dir.join("media/thumbnails");
     let made: Vec<_> =
         std::fs::read_dir(&cached).unwrap().flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap()).collect();
-    assert_eq!(made.len(), 2);
+    assert_eq!(made.len(), 3, "two thumbnails and the image's header: {made:?}");
     let again = h.raw_get(&thumb(&jpeg, "width=90&height=90&method=crop"), token).await.bytes().await.unwrap();
     assert_eq!(again, first);
 
@@ -316,14 +324,18 @@ async fn thumbnails_of_real_and_hostile_images(backend: TestBackend) {
     let mut bomb = encode(picture(1, 1), image::ImageFormat::Gif);
     bomb[6..10].copy_from_slice(&[0xff, 0xff, 0xff, 0xff]);
     let path = h.upload_ok(&alice.access_token, "image/gif", bomb).await;
-    let resp = h.raw_get(&thumb(&path, "width=32&height=32"), token).await;
-    assert_error(&decode(resp).await, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    for _ in 0..2 {
+        // The second answer comes from the cached failure.
+        let resp = h.raw_get(&thumb(&path, "width=32&height=32"), token).await;
+        assert_error(&decode(resp).await, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    }
     // Truncated, and not an image at all; nonsense sizes; no token.
     let whole = encode(picture(300, 300), image::ImageFormat::Png);
     let truncated = h.upload_ok(&alice.access_token, "image/png", whole[..whole.len() / 2].to_vec()).await;
     let svg = h.upload_ok(&alice.access_token, "image/svg+xml", b"<svg onload='alert(1)'/>".to_vec()).await;
     for (path, query, token, status, errcode) in [
         (&truncated, "width=32&height=32", token, StatusCode::BAD_REQUEST, "M_UNKNOWN"),
+        (&truncated, "width=96&height=96&method=crop", token, StatusCode::BAD_REQUEST, "M_UNKNOWN"),
         (&svg, "width=32&height=32", token, StatusCode::BAD_REQUEST, "M_UNKNOWN"),
         (&jpeg, "width=0&height=32", token, StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
         (&jpeg, "width=32&height=32&method=zoom", token, StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
@@ -544,7 +556,7 @@ async fn s3_store() {
     assert_error(&resp, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
     let keys = s3_keys(&prefix).await;
     assert_eq!(keys.iter().filter(|k| k.starts_with("/sha256/")).count(), 2, "{keys:?}");
-    assert_eq!(keys.iter().filter(|k| k.starts_with("/thumbnails/")).count(), 1, "{keys:?}");
+    assert_eq!(keys.iter().filter(|k| k.starts_with("/thumbnails/")).count(), 2, "{keys:?}");
     assert!(!keys.iter().any(|k| k.starts_with("/tmp/")), "{keys:?}");
 
     // Deleting both items of the photo removes its bytes and thumbnail from the bucket.

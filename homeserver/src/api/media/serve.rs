@@ -76,6 +76,9 @@ pub enum Download {
         /// `cross-origin`: web clients on other origins may embed it.
         #[oai(header = "Cross-Origin-Resource-Policy")]
         String,
+        /// The content's SHA-256: the same for every download of the same bytes.
+        #[oai(header = "ETag")]
+        String,
         /// `bytes`: a `Range` request gets part of the content.
         #[oai(header = "Accept-Ranges")]
         String,
@@ -101,6 +104,9 @@ pub enum Download {
         String,
         /// `cross-origin`: web clients on other origins may embed it.
         #[oai(header = "Cross-Origin-Resource-Policy")]
+        String,
+        /// The content's SHA-256: the same for every download of the same bytes.
+        #[oai(header = "ETag")]
         String,
         /// `bytes FIRST-LAST/SIZE`.
         #[oai(header = "Content-Range")]
@@ -196,8 +202,11 @@ pub async fn download(
     file_name: Option<&str>,
 ) -> Result<Download, MatrixError> {
     let size = u64::try_from(item.size.unwrap_or(0)).unwrap_or(0);
+    let etag = format!("\"{sha256}\"");
     let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
-    let wanted = wanted(range, size);
+    // A range of other bytes than the client holds would corrupt its copy (RFC 9110 §13.1.5).
+    let if_range = req.headers().get(header::IF_RANGE).map(|v| v.as_bytes() == etag.as_bytes());
+    let wanted = if if_range == Some(false) { Wanted::Whole } else { wanted(range, size) };
     let part = match &wanted {
         Wanted::Unsatisfiable => {
             let error =
@@ -220,6 +229,7 @@ pub async fn download(
             CONTENT_SECURITY_POLICY.to_owned(),
             "nosniff".to_owned(),
             "cross-origin".to_owned(),
+            etag,
             "bytes".to_owned(),
             size,
         ),
@@ -230,6 +240,7 @@ pub async fn download(
             CONTENT_SECURITY_POLICY.to_owned(),
             "nosniff".to_owned(),
             "cross-origin".to_owned(),
+            etag,
             format!("bytes {}-{}/{size}", part.start, part.end - 1),
             part.end - part.start,
         ),

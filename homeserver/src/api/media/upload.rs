@@ -1,6 +1,6 @@
 //! Storing an upload: streamed into the object store under the size limit and the uploader's
-//! quota, recorded in the database, then moved to its content address, in that order, under a
-//! lock on its bytes (see [`crate::storage::MediaWrite`]).
+//! quota, moved to its content address, then recorded in the database under a lock on its bytes
+//! (see [`crate::storage::MediaWrite`]) that also checks they are still there.
 
 use poem::http::{StatusCode, header};
 use poem::{Body, Request};
@@ -56,34 +56,48 @@ pub async fn store(
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 255);
+    let sha256 = staged.sha256.clone();
     let upload_name: Option<String> =
         filename.filter(|n| !n.is_empty()).map(|n| n.chars().take(MAX_FILE_NAME).collect());
     let row = Uploaded {
         content_type,
         upload_name: upload_name.as_deref(),
         size: i64::try_from(staged.size).map_err(|_| MatrixError::internal())?,
-        sha256: &staged.sha256,
+        sha256: &sha256,
     };
+    // At its address before the lock is taken: on S3 this is a copy, which may take seconds and
+    // must not hold the database's writer.
+    state.media.settle(staged).await?;
+    let mut write = state.storage.begin_media_write(&sha256, quota.map(|_| uploader)).await?;
     let recorded = async {
-        let mut write = state.storage.begin_media_write(&staged.sha256, quota.map(|_| uploader)).await?;
+        if !state.media.exists(&sha256).await? {
+            // An admin deleted the same bytes between the move and the lock.
+            tracing::warn!(%sha256, "upload lost to a concurrent deletion of the same content");
+            return Err(MatrixError::new(
+                ErrCode::Unknown,
+                StatusCode::CONFLICT,
+                "The content was deleted; upload again",
+            ));
+        }
         // Again under the lock: concurrent uploads of one user cannot overrun the quota together.
         if let Some(quota) = quota
-            && used(write.usage(uploader).await?) + staged.size > quota
+            && used(write.usage(uploader).await?) + row.size as u64 > quota
         {
             return Err(over_quota());
         }
-        record(&mut write, &target, uploader, &row).await?;
-        Ok(write)
+        record(&mut write, &target, uploader, &row).await
     }
     .await;
-    let write = match recorded {
-        Ok(write) => write,
-        Err(err) => {
-            state.media.discard(staged).await;
-            return Err(err);
+    if let Err(err) = recorded {
+        // The refused upload's bytes go, unless an earlier upload of them stays. (After a
+        // database error the count fails too: the bytes then stay, unreferenced.)
+        if matches!(write.references(&sha256).await, Ok(0))
+            && let Err(failure) = state.media.delete(&sha256).await
+        {
+            tracing::warn!(%sha256, %failure, "could not remove a refused upload's bytes");
         }
-    };
-    state.media.settle(staged).await?;
+        return Err(err);
+    }
     write.commit().await?;
     state.media_uploaded.notify_waiters();
     Ok(())
