@@ -333,10 +333,12 @@ async fn thumbnails_of_real_and_hostile_images(backend: TestBackend) {
     let whole = encode(picture(300, 300), image::ImageFormat::Png);
     let truncated = h.upload_ok(&alice.access_token, "image/png", whole[..whole.len() / 2].to_vec()).await;
     let svg = h.upload_ok(&alice.access_token, "image/svg+xml", b"<svg onload='alert(1)'/>".to_vec()).await;
+    let empty = h.upload_ok(&alice.access_token, "image/png", Vec::new()).await;
     for (path, query, token, status, errcode) in [
         (&truncated, "width=32&height=32", token, StatusCode::BAD_REQUEST, "M_UNKNOWN"),
         (&truncated, "width=96&height=96&method=crop", token, StatusCode::BAD_REQUEST, "M_UNKNOWN"),
         (&svg, "width=32&height=32", token, StatusCode::BAD_REQUEST, "M_UNKNOWN"),
+        (&empty, "width=2000&height=2000", token, StatusCode::BAD_REQUEST, "M_UNKNOWN"),
         (&jpeg, "width=0&height=32", token, StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
         (&jpeg, "width=32&height=32&method=zoom", token, StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
         (&jpeg, "width=32&height=32", None, StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN"),
