@@ -112,6 +112,11 @@ pub enum ThumbnailError {
 const FAILED: &str = "failed:";
 
 impl ThumbnailError {
+    /// Content of a format not thumbnailed (or no image at all).
+    pub fn not_an_image() -> Self {
+        Self::Unsupported("not a PNG, JPEG, GIF or WebP image".to_owned())
+    }
+
     /// The failure as a cache entry.
     pub fn to_marker(&self) -> bytes::Bytes {
         match self {
@@ -156,7 +161,7 @@ impl Header {
         let (width, height, decoded_bytes) =
             (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
         let stored = parts.next()?;
-        let content_type = ["image/png", "image/jpeg", "image/gif", "image/webp"].into_iter().find(|t| *t == stored)?;
+        let content_type = FORMATS.into_iter().filter_map(mime).find(|t| *t == stored)?;
         Some(Self { width, height, decoded_bytes, content_type })
     }
 }
@@ -180,6 +185,10 @@ pub fn image_type(head: &[u8]) -> Option<&'static str> {
     mime(image::guess_format(head).ok()?)
 }
 
+/// The formats thumbnailed.
+const FORMATS: [ImageFormat; 4] = [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::WebP];
+
+/// The media type of a format thumbnailed; `None` for the others.
 fn mime(format: ImageFormat) -> Option<&'static str> {
     match format {
         ImageFormat::Png => Some("image/png"),
@@ -191,13 +200,13 @@ fn mime(format: ImageFormat) -> Option<&'static str> {
 }
 
 /// A decoder for `source` with memory limits, after the header's claims passed them.
-fn open(source: &[u8]) -> Result<(ImageFormat, impl ImageDecoder + '_), ThumbnailError> {
+/// Also returns the format and its media type.
+fn open(source: &[u8]) -> Result<(ImageFormat, &'static str, impl ImageDecoder + '_), ThumbnailError> {
     let mut reader = ImageReader::new(Cursor::new(source))
         .with_guessed_format()
         .map_err(|e| ThumbnailError::Unsupported(e.to_string()))?;
-    let format = match reader.format() {
-        Some(format @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::WebP)) => format,
-        _ => return Err(ThumbnailError::Unsupported("not a PNG, JPEG, GIF or WebP image".to_owned())),
+    let Some((format, content_type)) = reader.format().and_then(|f| Some((f, mime(f)?))) else {
+        return Err(ThumbnailError::not_an_image());
     };
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -209,7 +218,7 @@ fn open(source: &[u8]) -> Result<(ImageFormat, impl ImageDecoder + '_), Thumbnai
     if decoder.total_bytes() > MAX_DECODED_BYTES {
         return Err(ThumbnailError::TooLarge);
     }
-    Ok((format, decoder))
+    Ok((format, content_type, decoder))
 }
 
 fn failure(err: image::ImageError) -> ThumbnailError {
@@ -229,17 +238,16 @@ fn turns(orientation: Orientation) -> bool {
 
 /// Reads an image's header (no pixels). Refuses what [`render`] would refuse for its size.
 pub fn inspect(source: &[u8]) -> Result<Header, ThumbnailError> {
-    let (format, mut decoder) = open(source)?;
+    let (_, content_type, mut decoder) = open(source)?;
     let (width, height) = decoder.dimensions();
     let (width, height) =
         if turns(decoder.orientation().map_err(failure)?) { (height, width) } else { (width, height) };
-    let content_type = mime(format).unwrap_or("application/octet-stream");
     Ok(Header { width, height, decoded_bytes: decoder.total_bytes(), content_type })
 }
 
 /// Makes the thumbnail of `source` at `size`. CPU-bound: call it on a blocking thread.
 pub fn render(source: bytes::Bytes, size: Size) -> Result<Rendered, ThumbnailError> {
-    let (format, mut decoder) = open(&source)?;
+    let (format, _, mut decoder) = open(&source)?;
     let orientation = decoder.orientation().map_err(failure)?;
     let image = DynamicImage::from_decoder(decoder).map_err(failure)?;
     drop(source);

@@ -119,7 +119,7 @@ async fn header(state: &AppState, sha256: &str, source_size: u64) -> Result<Head
         size => state.media.get(sha256, Some(0..size.min(64))).await?.bytes().await.map_err(MediaError::from)?,
     };
     let inspected = match thumbnail::image_type(&head) {
-        None => Err(ThumbnailError::Unsupported("not a PNG, JPEG, GIF or WebP image".to_owned())),
+        None => Err(ThumbnailError::not_an_image()),
         Some(_) => {
             let _memory = reserve(state, source_size).await?;
             let source = state.media.get(sha256, None).await?.bytes().await.map_err(MediaError::from)?;
