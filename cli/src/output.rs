@@ -53,7 +53,7 @@ mod tests {
     #[test]
     fn formats_times_and_sizes() {
         assert_eq!(super::time(0), "1970-01-01 00:00");
-        assert_eq!(super::time(1_795_000_000_000), "2026-11-18 07:46");
+        assert_eq!(super::time(1_795_000_000_000), "2026-11-18 11:06");
         assert_eq!(super::bytes(512), "512 B");
         assert_eq!(super::bytes(1536), "1.5 KiB");
         assert_eq!(super::bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");

@@ -106,8 +106,11 @@ mod base64_key {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Backend {
+    /// The freedesktop Secret Service (GNOME Keyring, KWallet) on the D-Bus session bus.
     SecretService,
+    /// The Linux kernel's key store; its keys are lost on reboot.
     Keyutils,
+    /// A file in the profile directory, encrypted with a passphrase (MYELIN_PASSPHRASE or a prompt).
     File,
 }
 

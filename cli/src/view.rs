@@ -27,6 +27,9 @@ pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
     pub content: Value,
+    /// The state key of state events (the member of membership events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_key: Option<String>,
     /// Why an encrypted event could not be decrypted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -65,8 +68,17 @@ impl Message {
                 _ => body.to_owned(),
             },
             "m.room.member" => {
-                let target = content["displayname"].as_str().unwrap_or_default();
-                format!("-- membership: {} {target}", content["membership"].as_str().unwrap_or("?"))
+                let target = self.state_key.as_deref().unwrap_or_default();
+                let by_self = target == self.sender;
+                match content["membership"].as_str().unwrap_or_default() {
+                    "join" => "-- joined".to_owned(),
+                    "invite" => format!("-- invited {target}"),
+                    "leave" if by_self => "-- left".to_owned(),
+                    "leave" => format!("-- removed {target}"),
+                    "ban" => format!("-- banned {target}"),
+                    "knock" => "-- knocked".to_owned(),
+                    other => format!("-- membership of {target}: {other}"),
+                }
             }
             "m.room.name" => format!("-- room name: {}", content["name"].as_str().unwrap_or_default()),
             "m.room.topic" => format!("-- topic: {}", content["topic"].as_str().unwrap_or_default()),
@@ -111,6 +123,7 @@ pub async fn message(client: &Client, names: &mut RoomNames, room_id: &str, even
         session_id: event["content"]["session_id"].as_str().filter(|_| encrypted).map(str::to_owned),
         device_id: None,
         content: event["content"].clone(),
+        state_key: event["state_key"].as_str().map(str::to_owned),
         error: None,
         waiting_for_key: false,
     };

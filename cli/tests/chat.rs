@@ -327,5 +327,13 @@ async fn room_keys_export_and_import_into_a_new_device() {
     let imported = tablet.ok(&["keys", "import", export.to_str().unwrap(), "--passphrase", "export pass"]).await;
     assert!(imported["imported"].as_u64().unwrap() >= 1);
     assert_eq!(bodies(&tablet.history(&room).await), ["before the new device"]);
+
+    // `chat`: typed lines are sent to the room, slash commands work, /quit ends it.
+    let chat = tablet.run(&["chat", &room], Some("typed in chat\n/list\n/nonsense\n/quit\n")).await;
+    let printed = String::from_utf8_lossy(&chat.stdout);
+    assert!(chat.status.success(), "{}", String::from_utf8_lossy(&chat.stderr));
+    assert!(printed.contains("Keys"), "/list printed the room: {printed}");
+    assert!(printed.contains("unknown command /nonsense"), "{printed}");
+    assert_eq!(bodies(&erin.history(&room).await).last().unwrap(), "typed in chat");
     server.stop().await;
 }

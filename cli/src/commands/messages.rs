@@ -115,6 +115,9 @@ pub async fn history(client: &mut Client, json: bool, room: &str, limit: u32) ->
     output::emit(json, &messages, |messages| messages.iter().map(Message::line).collect::<Vec<_>>().join("\n"))
 }
 
+/// How many undecryptable events `listen --follow` keeps retrying.
+const MAX_WAITING: usize = 1000;
+
 /// Prints what arrived since the last `listen` (as one JSON object per line with `--json`);
 /// with `follow`, keeps syncing and printing, and prints messages whose key arrives late once
 /// it does.
@@ -128,7 +131,8 @@ pub async fn listen(client: &mut Client, json: bool, room: Option<&str>, follow:
     let mut timeout = 0;
     loop {
         let synced = client.sync_once(timeout).await?;
-        if synced.new_room_keys > 0 && !waiting.is_empty() {
+        // Keys come by sync or by `myelin keys import` in another process: retry every time.
+        if !waiting.is_empty() {
             let mut still = Vec::new();
             for (room_id, event) in waiting.drain(..) {
                 let message = view::message(client, &mut names, &room_id, &event).await;
@@ -148,7 +152,7 @@ pub async fn listen(client: &mut Client, json: bool, room: Option<&str>, follow:
         for entry in client.inbox().await? {
             if only.as_ref().is_none_or(|only| *only == entry.room_id) {
                 let message = view::message(client, &mut names, &entry.room_id, &entry.event).await;
-                if message.waiting_for_key && follow {
+                if message.waiting_for_key && follow && waiting.len() < MAX_WAITING {
                     waiting.push((entry.room_id.clone(), entry.event.clone()));
                 }
                 if json || message.is_chat() {
