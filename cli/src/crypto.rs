@@ -1,10 +1,12 @@
 //! End-to-end encryption on vodozemac: our Olm account and device keys ([`keys`]), Olm-encrypted
-//! to-device messages ([`olm`]) and Megolm-encrypted room events ([`megolm`]).
+//! to-device messages ([`olm`]), Megolm-encrypted room events ([`megolm`]) and cross-signing
+//! ([`cross_signing`]).
 //!
 //! Everything secret is pickled and sealed with the store key before it reaches the store, and
 //! every state change (a used one-time key, a ratchet step) is saved before its effect leaves
 //! the process, so a crash can lose a message but never desynchronise a session.
 
+pub mod cross_signing;
 pub mod keys;
 pub mod megolm;
 pub mod olm;

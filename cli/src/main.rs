@@ -226,8 +226,8 @@ pub enum ProfileCommand {
 
 #[derive(Subcommand)]
 pub enum DevicesCommand {
-    /// Your devices.
-    List,
+    /// Your devices, or another user's with whether their owner cross-signed them.
+    List { user: Option<String> },
     /// Rename one of your devices.
     Rename { device_id: String, name: String },
     /// Log out and delete devices (asks for your password).
@@ -253,6 +253,12 @@ pub enum KeysCommand {
         path: PathBuf,
         #[arg(long, env = "MYELIN_KEY_PASSPHRASE", hide_env_values = true)]
         passphrase: Option<String>,
+    },
+    /// Create and publish cross-signing keys and sign this device with them (replacing
+    /// existing keys asks for your password).
+    CrossSigning {
+        #[arg(long, env = "MYELIN_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
     },
 }
 

@@ -286,6 +286,17 @@ async fn accounts_profiles_and_errors() {
     dave.ok(&["devices", "rename", &device_id, "laptop"]).await;
     assert_eq!(dave.ok(&["devices", "list"]).await[0]["display_name"], "laptop");
 
+    // Cross-signing: once dave publishes keys, others see his device signed by him; replacing
+    // the keys needs the password (given through MYELIN_PASSWORD).
+    let before = dave.ok(&["--profile", "work", "devices", "list", &dave.user_id]).await;
+    assert_eq!(before[0]["cross_signed"], false);
+    let published = dave.ok(&["keys", "cross-signing"]).await;
+    assert_eq!(published["signed_device"], device_id.as_str());
+    let after = dave.ok(&["--profile", "work", "devices", "list", &dave.user_id]).await;
+    assert_eq!(after[0]["cross_signed"], true, "{after:#}");
+    let replaced = dave.ok(&["keys", "cross-signing"]).await;
+    assert_ne!(replaced["master_key"], published["master_key"]);
+
     // Errors: one line, non-zero exit.
     assert!(dave.fails(&["send", "!nosuchroom:nowhere", "x"]).await.contains("M_"));
     assert!(dave.fails(&["--profile", "nobody", "whoami"]).await.contains("no account is logged in under profile"));

@@ -9,7 +9,25 @@ use crate::{DevicesCommand, KeysCommand, output};
 
 pub async fn run(client: &Client, json: bool, command: DevicesCommand) -> anyhow::Result<()> {
     match command {
-        DevicesCommand::List => {
+        DevicesCommand::List { user: Some(user) } if user != client.profile.user_id => {
+            let devices = client.device_trust(&user).await?;
+            output::emit(json, &devices, |devices| {
+                devices
+                    .iter()
+                    .map(|d| {
+                        format!(
+                            "{:<12} {:<24} {} ed25519 {}",
+                            d.device_id,
+                            d.display_name.as_deref().unwrap_or("(unnamed)"),
+                            if d.cross_signed { "signed by its owner  " } else { "NOT signed by its owner" },
+                            d.ed25519
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        DevicesCommand::List { .. } => {
             let response: Value = client.api.get(&["devices"], &[]).await?;
             let devices: Vec<Value> = response["devices"]
                 .as_array()
@@ -83,6 +101,16 @@ pub async fn keys(client: &mut Client, json: bool, command: KeysCommand) -> anyh
             crate::client::write_private(&path, armored.as_bytes())?;
             output::emit(json, &json!({ "path": path, "exported": keys.len() }), |r| {
                 format!("Exported {} room keys to {}", r["exported"], path.display())
+            })
+        }
+        KeysCommand::CrossSigning { password } => {
+            let done = client.bootstrap_cross_signing(password.as_deref()).await?;
+            output::emit(json, &done, |d| {
+                format!(
+                    "Cross-signing keys published; this device ({}) is signed.\nmaster key: {}",
+                    d["signed_device"].as_str().unwrap_or_default(),
+                    d["master_key"].as_str().unwrap_or_default()
+                )
             })
         }
         KeysCommand::Import { path, passphrase } => {
