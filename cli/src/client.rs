@@ -190,7 +190,7 @@ impl Client {
         let api = Api::new(http, &profile.homeserver, Some(access_token));
         let mut client = Self { name: name.to_owned(), dir, profile, api, store, account: Account::new(), secrets };
         client.save_account().await?;
-        client.publish_keys(true, None, false).await?;
+        client.publish_keys(true, Some(0), false).await?;
         // Written last: a profile exists only once everything it needs is in place.
         let json = serde_json::to_vec_pretty(&client.profile)?;
         write_private(&client.dir.join("profile.json"), &json)?;

@@ -60,11 +60,14 @@ impl Client {
         for event in response["to_device"]["events"].as_array().into_iter().flatten() {
             self.receive_to_device(event, &mut synced).await?;
         }
-        let otk_count = response["device_one_time_keys_count"]["signed_curve25519"].as_u64();
+        // Absent means the server did not say (not zero): topping up blindly could push the
+        // account past what it can hold and forget private keys still on the server.
+        let otk_count =
+            response.get("device_one_time_keys_count").map(|counts| counts["signed_curve25519"].as_u64().unwrap_or(0));
         let fallback_used = response["device_unused_fallback_key_types"]
             .as_array()
             .is_some_and(|types| !types.iter().any(|t| t == "signed_curve25519"));
-        self.publish_keys(false, Some(otk_count.unwrap_or(0)), fallback_used).await?;
+        self.publish_keys(false, otk_count, fallback_used).await?;
         if let Some(invites) = response["rooms"]["invite"].as_object() {
             synced.invites.extend(invites.keys().cloned());
         }

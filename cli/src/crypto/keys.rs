@@ -70,8 +70,9 @@ impl Client {
     }
 
     /// Publishes device keys (when `with_device_keys`), tops one-time keys up to half of what
-    /// the account can hold when the server's count (`otk_count`) is lower, and replaces the
-    /// fallback key once it has been used.
+    /// the account can hold when the server reports fewer (`otk_count`; `None` when the server
+    /// did not say), and replaces the fallback key once it has been used. Keys left unpublished
+    /// by an interrupted upload go out again.
     pub async fn publish_keys(
         &mut self,
         with_device_keys: bool,
@@ -79,23 +80,27 @@ impl Client {
         fallback_used: bool,
     ) -> anyhow::Result<()> {
         let target = self.account.max_number_of_one_time_keys() / 2;
-        let have = usize::try_from(otk_count.unwrap_or(0)).unwrap_or(usize::MAX);
-        let wanted = target.saturating_sub(have);
-        if !with_device_keys && wanted == 0 && !fallback_used {
-            return Ok(());
-        }
+        let pending = self.account.one_time_keys().len();
+        let wanted = otk_count.map_or(0, |have| {
+            target.saturating_sub(usize::try_from(have).unwrap_or(usize::MAX)).saturating_sub(pending)
+        });
         if wanted > 0 {
             self.account.generate_one_time_keys(wanted);
         }
-        if fallback_used || self.account.fallback_key().is_empty() {
+        if with_device_keys || fallback_used {
             self.account.generate_fallback_key();
         }
-        let mut body = json!({});
+        let (one_time_keys, fallback_key) = (self.account.one_time_keys(), self.account.fallback_key());
+        if !with_device_keys && one_time_keys.is_empty() && fallback_key.is_empty() {
+            return Ok(());
+        }
+        let mut body = json!({ "one_time_keys": self.signed_keys(one_time_keys, false)? });
         if with_device_keys {
             body["device_keys"] = self.device_keys()?;
         }
-        body["one_time_keys"] = self.signed_keys(self.account.one_time_keys(), false)?;
-        body["fallback_keys"] = self.signed_keys(self.account.fallback_key(), true)?;
+        if !fallback_key.is_empty() {
+            body["fallback_keys"] = self.signed_keys(fallback_key, true)?;
+        }
         // The private keys must be on disk before the server hands the public ones out.
         self.save_account().await?;
         let _: Value = self.api.post(&["keys", "upload"], &body).await.context("uploading encryption keys")?;
