@@ -7,6 +7,7 @@ pub mod devices;
 pub mod files;
 pub mod messages;
 pub mod rooms;
+pub mod verify;
 
 use crate::client::{Client, Selector};
 use crate::{Cli, Command, discovery, output};
@@ -73,6 +74,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat { room } => chat::run(&mut open().await?, &room).await,
         Command::Devices(command) => devices::run(&open().await?, json, command).await,
         Command::Keys(command) => devices::keys(&mut open().await?, json, command).await,
+        Command::Verify { user, device, incoming, yes } => {
+            anyhow::ensure!(
+                user.is_some() != incoming,
+                "name a user to verify, or pass --incoming to answer a request"
+            );
+            verify::run(&mut open().await?, json, user, device, yes).await
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cross_signing;
 pub mod keys;
 pub mod megolm;
 pub mod olm;
+pub mod sas;
 
 use anyhow::Context;
 use serde_json::{Map, Value};

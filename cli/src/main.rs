@@ -178,9 +178,22 @@ pub enum Command {
     /// Your devices.
     #[command(subcommand)]
     Devices(DevicesCommand),
-    /// Room key export and import (the standard encrypted key file).
+    /// Room key export and import (the standard encrypted key file), cross-signing.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Verify a user's device (or your own other device) by comparing emoji (SAS).
+    Verify {
+        /// The user to verify (yourself for your own other device).
+        user: Option<String>,
+        /// Only this device (else every device of theirs is asked; the first to answer counts).
+        device: Option<String>,
+        /// Answer a verification request from someone else instead.
+        #[arg(long)]
+        incoming: bool,
+        /// Do not ask whether the emoji match (for scripts that compare them another way).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]

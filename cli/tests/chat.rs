@@ -348,3 +348,33 @@ async fn room_keys_export_and_import_into_a_new_device() {
     assert_eq!(bodies(&erin.history(&room).await).last().unwrap(), "typed in chat");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_verify_each_other_with_emoji() {
+    let mut server = TestServer::start(TestBackend::Sqlite).await;
+    let gina = Person::register(&server, "gina", "file").await;
+    let hank = Person::register(&server, "hank", "file").await;
+    for person in [&gina, &hank] {
+        person.ok(&["keys", "cross-signing"]).await;
+    }
+    // Both sides run at once: hank answers, gina asks.
+    let (answered, asked) = tokio::join!(hank.run(&["verify", "--incoming", "--yes"], None), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        gina.run(&["verify", &hank.user_id, "--yes"], None).await
+    });
+    for out in [&answered, &asked] {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let answered: Value = serde_json::from_slice(&answered.stdout).unwrap();
+    let asked: Value = serde_json::from_slice(&asked.stdout).unwrap();
+    assert_eq!(answered["emoji"], asked["emoji"], "both screens show the same emoji");
+    assert_eq!(answered["decimals"], asked["decimals"]);
+    assert_eq!(asked["emoji"].as_array().unwrap().len(), 7);
+    assert_eq!(asked["user_id"], hank.user_id.as_str());
+    assert_eq!(answered["user_id"], gina.user_id.as_str());
+    // Each vouched for its device key and its master key.
+    for side in [&answered, &asked] {
+        assert_eq!(side["verified_keys"].as_array().unwrap().len(), 2, "{side:#}");
+    }
+    server.stop().await;
+}

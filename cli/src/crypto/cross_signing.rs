@@ -95,6 +95,43 @@ impl Client {
         }))
     }
 
+    /// Our master key's public part, if we set up cross-signing.
+    pub async fn master_public_key(&self) -> anyhow::Result<Option<String>> {
+        let private: Option<PrivateKeys> = self.store.secret(CROSS_SIGNING).await?;
+        private
+            .map(|keys| Ok(public_id(&Ed25519SecretKey::from_base64(&keys.master).context("a damaged master key")?)))
+            .transpose()
+    }
+
+    /// `user`'s master key (its ID and the object as published), if they have one.
+    pub async fn master_key_of(&self, user: &str) -> anyhow::Result<Option<(String, Value)>> {
+        let response: Value = self.api.post(&["keys", "query"], &json!({ "device_keys": { user: [] } })).await?;
+        let object = &response["master_keys"][user];
+        let id = object["keys"].as_object().and_then(|keys| keys.values().next()).and_then(Value::as_str);
+        Ok(id.filter(|_| object["user_id"] == user).map(|id| (id.to_owned(), object.clone())))
+    }
+
+    /// Signs another user's (SAS-verified) master key with our user-signing key, so our other
+    /// devices and their clients see that we trust them.
+    pub async fn sign_master_key(&self, user: &str, master: &str, mut object: Value) -> anyhow::Result<()> {
+        let Some(private) = self.store.secret::<PrivateKeys>(CROSS_SIGNING).await? else { return Ok(()) };
+        let user_signing =
+            Ed25519SecretKey::from_base64(&private.user_signing).context("a damaged user-signing key")?;
+        if let Some(object) = object.as_object_mut() {
+            object.remove("unsigned");
+        }
+        let me = self.profile.user_id.clone();
+        sign_with(&mut object, &me, &user_signing)?;
+        let response: Value =
+            self.api.post(&["keys", "signatures", "upload"], &json!({ user: { master: object } })).await?;
+        anyhow::ensure!(
+            response["failures"].as_object().is_none_or(|f| f.is_empty()),
+            "the homeserver refused our signature of {user}'s master key: {}",
+            response["failures"]
+        );
+        Ok(())
+    }
+
     /// The devices of `user`, each checked against the user's cross-signing keys.
     pub async fn device_trust(&self, user: &str) -> anyhow::Result<Vec<DeviceTrust>> {
         let response: Value = self
