@@ -197,6 +197,34 @@ impl Client {
         Ok(client)
     }
 
+    /// Takes the profile's lock (other `myelin` processes of this profile wait), then reloads
+    /// the Olm account, which another process may have changed. Hold it across anything that
+    /// changes Olm or Megolm state; dropping the file releases it.
+    pub async fn lock(&mut self) -> anyhow::Result<std::fs::File> {
+        let path = self.dir.join("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => bail!("another myelin process holds profile {:?}", self.name),
+                Err(std::fs::TryLockError::Error(err)) => return Err(err).context("cannot lock the profile"),
+            }
+        }
+        if let Some(account) = crate::crypto::keys::load_account(&self.store).await? {
+            self.account = account;
+        }
+        Ok(file)
+    }
+
     /// Removes the profile's secrets and local store (after logout).
     pub async fn forget(self) -> anyhow::Result<()> {
         let Client { dir, store, secrets, .. } = self;

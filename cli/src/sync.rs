@@ -10,6 +10,8 @@ use crate::client::Client;
 
 const SYNC_TOKEN: &str = "sync_token";
 const LISTEN_CURSOR: &str = "listen_cursor";
+/// The inbox marker of events the server left out of a sync (a `limited` timeline).
+pub const GAP: &str = "org.myelin.gap";
 
 /// What one sync brought.
 #[derive(Default)]
@@ -20,6 +22,13 @@ pub struct Synced {
     pub invites: Vec<String>,
     /// Verification (and other plain) to-device events, for the SAS flow.
     pub to_device: Vec<Value>,
+}
+
+/// Failures of the network, the homeserver or the local store, as opposed to a message that
+/// is bad in itself.
+fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|cause| cause.is::<sqlx::Error>() || cause.is::<reqwest::Error>() || cause.is::<crate::api::MatrixError>())
 }
 
 /// The `/sync` request alone: owns what it needs, so it can be raced against user input and
@@ -45,7 +54,7 @@ impl Client {
     pub async fn sync_once(&mut self, timeout_ms: u64) -> anyhow::Result<Synced> {
         let since = self.since().await?;
         let response = fetch(self.api.clone(), since.clone(), timeout_ms).await?;
-        self.process_sync(&response, since.is_some()).await
+        self.process_sync(&response, since.as_deref()).await
     }
 
     /// The stored sync token (`None` before the first sync).
@@ -55,26 +64,37 @@ impl Client {
 
     /// Stores what a sync response brought and then its token. Not to be cancelled halfway:
     /// a to-device message decrypted but not stored would be lost.
-    pub async fn process_sync(&mut self, response: &Value, incremental: bool) -> anyhow::Result<Synced> {
+    pub async fn process_sync(&mut self, response: &Value, since: Option<&str>) -> anyhow::Result<Synced> {
+        let _lock = self.lock().await?;
+        // Another process of this profile synced from the same token first: what this response
+        // holds is already stored (and to-device messages must not be processed twice).
+        if self.since().await?.as_deref() != since {
+            return Ok(Synced::default());
+        }
+        let incremental = since.is_some();
         let mut synced = Synced::default();
         for event in response["to_device"]["events"].as_array().into_iter().flatten() {
             self.receive_to_device(event, &mut synced).await?;
         }
-        // Absent means the server did not say (not zero): topping up blindly could push the
-        // account past what it can hold and forget private keys still on the server.
-        let otk_count =
-            response.get("device_one_time_keys_count").map(|counts| counts["signed_curve25519"].as_u64().unwrap_or(0));
+        // Servers may leave out counts that are zero.
+        let otk_count = response["device_one_time_keys_count"]["signed_curve25519"].as_u64().unwrap_or(0);
         let fallback_used = response["device_unused_fallback_key_types"]
             .as_array()
             .is_some_and(|types| !types.iter().any(|t| t == "signed_curve25519"));
-        self.publish_keys(false, otk_count, fallback_used).await?;
+        // Not fatal: the to-device messages above are already handled, and unpublished keys are
+        // retried at the next sync.
+        if let Err(err) = self.publish_keys(false, Some(otk_count), fallback_used).await {
+            eprintln!("myelin: could not publish new one-time keys (will retry): {err:#}");
+        }
         if let Some(invites) = response["rooms"]["invite"].as_object() {
             synced.invites.extend(invites.keys().cloned());
         }
         // An initial sync's timeline is history, not news: only incremental syncs fill the inbox.
         if incremental && let Some(rooms) = response["rooms"]["join"].as_object() {
             for (room_id, room) in rooms {
-                for event in room["timeline"]["events"].as_array().into_iter().flatten() {
+                // The server skipped events since the last sync: say so where they would be.
+                let gap = (room["timeline"]["limited"] == true).then(|| json!({ "type": GAP, "content": {} }));
+                for event in gap.iter().chain(room["timeline"]["events"].as_array().into_iter().flatten()) {
                     sqlx::query("INSERT INTO inbox (room_id, event) VALUES ($1, $2)")
                         .bind(room_id)
                         .bind(self.store.cipher.seal_json(event)?)
@@ -98,6 +118,9 @@ impl Client {
         }
         let decrypted = match self.decrypt_to_device(event).await {
             Ok(decrypted) => decrypted,
+            // The network or the store failed: stop before the sync token moves on, so the
+            // message comes again.
+            Err(err) if is_transient(&err) => return Err(err),
             Err(err) => {
                 eprintln!("myelin: cannot decrypt a to-device message from {sender}: {err:#}");
                 return Ok(());
@@ -105,9 +128,17 @@ impl Client {
         };
         match decrypted.event_type.as_str() {
             "m.room_key" => {
-                match self.receive_room_key(&decrypted.sender_key, &decrypted.claimed_ed25519, &decrypted.content).await
+                match self
+                    .receive_room_key(
+                        &decrypted.sender,
+                        &decrypted.sender_key,
+                        &decrypted.claimed_ed25519,
+                        &decrypted.content,
+                    )
+                    .await
                 {
                     Ok(()) => synced.new_room_keys += 1,
+                    Err(err) if is_transient(&err) => return Err(err),
                     Err(err) => eprintln!("myelin: refusing a room key from {sender}: {err:#}"),
                 }
             }

@@ -83,6 +83,9 @@ impl Message {
             "m.room.name" => format!("-- room name: {}", content["name"].as_str().unwrap_or_default()),
             "m.room.topic" => format!("-- topic: {}", content["topic"].as_str().unwrap_or_default()),
             "m.room.encryption" => "-- encryption enabled".to_owned(),
+            crate::sync::GAP => {
+                format!("-- earlier messages were skipped (myelin history {} shows them)", self.room_id)
+            }
             other => format!("-- {other}"),
         }
     }
@@ -90,7 +93,10 @@ impl Message {
     /// Whether a user would want to see this in a chat view.
     pub fn is_chat(&self) -> bool {
         self.error.is_some()
-            || matches!(self.event_type.as_str(), "m.room.message" | "m.room.member" | "m.room.name" | "m.room.topic")
+            || matches!(
+                self.event_type.as_str(),
+                "m.room.message" | "m.room.member" | "m.room.name" | "m.room.topic" | crate::sync::GAP
+            )
     }
 }
 

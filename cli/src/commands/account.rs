@@ -137,7 +137,11 @@ async fn finish_login(
         let secrets = blocking(move || SecretStore::open(&store_dir, &id, forced)).await?;
         let profile = Profile { homeserver, user_id, device_id, secret_store: secrets.backend() };
         let mut client = Client::create(http.clone(), &name, dir, profile, token.clone(), secrets).await?;
-        client.catch_up().await?;
+        if let Err(err) = client.catch_up().await {
+            // No half-made profile: the device is logged out below, so this one is useless.
+            client.forget().await?;
+            return Err(err);
+        }
         anyhow::Ok(client)
     };
     match setup.await {

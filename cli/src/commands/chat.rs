@@ -40,7 +40,7 @@ pub async fn run(client: &mut Client, room: &str) -> anyhow::Result<()> {
         // Only the request is raced against typing; what it brings is stored uninterrupted.
         tokio::select! {
             response = sync::fetch(client.api.clone(), since.clone(), timeout) => {
-                client.process_sync(&response?, since.is_some()).await?;
+                client.process_sync(&response?, since.as_deref()).await?;
                 for entry in client.inbox().await? {
                     let message = view::message(client, &mut names, &entry.room_id, &entry.event).await;
                     if message.is_chat() {

@@ -67,9 +67,35 @@ pub async fn display_name(client: &Client, room_id: &str) -> String {
     room_id.to_owned()
 }
 
-/// The room's `m.room.encryption` content, if it is encrypted.
+/// The room's `m.room.encryption` content, if it is encrypted. Encryption, once seen, is
+/// remembered: a server that later says otherwise does not get plaintext.
 pub async fn encryption(client: &Client, room_id: &str) -> anyhow::Result<Option<Value>> {
-    client.state_event(room_id, "m.room.encryption", "").await
+    let pool = &client.store.pool;
+    let remembered: Option<String> = sqlx::query_scalar("SELECT content FROM encrypted_rooms WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_optional(pool)
+        .await?;
+    let current = client.state_event(room_id, "m.room.encryption", "").await?;
+    match (current, remembered) {
+        (Some(content), _) => {
+            anyhow::ensure!(
+                content["algorithm"] == MEGOLM_ALGORITHM,
+                "the room uses an encryption algorithm this client does not support ({})",
+                content["algorithm"]
+            );
+            sqlx::query(
+                "INSERT INTO encrypted_rooms (room_id, content) VALUES ($1, $2)
+                 ON CONFLICT (room_id) DO UPDATE SET content = excluded.content",
+            )
+            .bind(room_id)
+            .bind(content.to_string())
+            .execute(pool)
+            .await?;
+            Ok(Some(content))
+        }
+        (None, Some(remembered)) => Ok(Some(serde_json::from_str(&remembered)?)),
+        (None, None) => Ok(None),
+    }
 }
 
 pub async fn run(client: &mut Client, json: bool, command: RoomsCommand) -> anyhow::Result<()> {

@@ -11,6 +11,8 @@ use crate::client::Client;
 
 /// The secret under which the private cross-signing keys are sealed.
 const CROSS_SIGNING: &str = "cross_signing_keys";
+/// New keys not yet accepted by the homeserver (kept in case the answer was lost).
+const PENDING: &str = "cross_signing_keys.pending";
 
 #[derive(Serialize, Deserialize)]
 struct PrivateKeys {
@@ -62,14 +64,15 @@ impl Client {
         sign_with(&mut self_signing_key, &user, &master)?;
         let mut user_signing_key = key_object(&user, "user_signing", &user_signing);
         sign_with(&mut user_signing_key, &user, &master)?;
-        // Kept before publishing: published public keys without their private halves would
-        // leave the account with keys nobody can sign with.
+        // Kept (as pending) before publishing: published public keys without their private
+        // halves would leave the account with keys nobody can sign with; and the current keys
+        // stay until the server has taken the new ones.
         let private = PrivateKeys {
             master: master.to_base64(),
             self_signing: self_signing.to_base64(),
             user_signing: user_signing.to_base64(),
         };
-        self.store.set_secret(CROSS_SIGNING, &private).await?;
+        self.store.set_secret(PENDING, &private).await?;
         let url = self.api.client_url(&["keys", "device_signing", "upload"])?;
         let body = json!({
             "master_key": master_key,
@@ -78,6 +81,7 @@ impl Client {
         });
         let _: Value =
             crate::api::with_password_auth(&self.api, reqwest::Method::POST, url, body, &user, password).await?;
+        self.store.set_secret(CROSS_SIGNING, &private).await?;
         let mut device = self.device_keys()?;
         sign_with(&mut device, &user, &self_signing)?;
         let signatures = json!({ &user: { &self.profile.device_id: device } });

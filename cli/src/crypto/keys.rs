@@ -12,7 +12,7 @@ use super::{MEGOLM_ALGORITHM, OLM_ALGORITHM, add_signature, verify_signature};
 use crate::client::Client;
 
 /// The secret under which the pickled account is sealed.
-const ACCOUNT: &str = "olm_account";
+pub const ACCOUNT: &str = "olm_account";
 
 /// A device of some user, with keys checked against the device's own signature.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -70,8 +70,8 @@ impl Client {
     }
 
     /// Publishes device keys (when `with_device_keys`), tops one-time keys up to half of what
-    /// the account can hold when the server reports fewer (`otk_count`; `None` when the server
-    /// did not say), and replaces the fallback key once it has been used. Keys left unpublished
+    /// the account can hold when the server reports fewer (`otk_count`; `None` only at first
+    /// publication, when keys are generated anyway), and replaces the fallback key once it has been used. Keys left unpublished
     /// by an interrupted upload go out again.
     pub async fn publish_keys(
         &mut self,
@@ -87,7 +87,9 @@ impl Client {
         if wanted > 0 {
             self.account.generate_one_time_keys(wanted);
         }
-        if with_device_keys || fallback_used {
+        // Only when no new fallback key is still waiting to be published: generating twice
+        // would push out the used one, which peers may still have messages for.
+        if (with_device_keys || fallback_used) && self.account.fallback_key().is_empty() {
             self.account.generate_fallback_key();
         }
         let (one_time_keys, fallback_key) = (self.account.one_time_keys(), self.account.fallback_key());
@@ -198,13 +200,15 @@ impl Client {
         Ok(rows.iter().map(device_of).collect())
     }
 
-    /// The device that owns `curve25519`, asking the server about `user`'s devices if we have
-    /// not seen it yet.
+    /// The device of `user` that owns `curve25519`, asking the server about `user`'s devices
+    /// if we have not seen it yet.
     pub async fn device_by_curve25519(&self, user: &str, curve25519: &str) -> anyhow::Result<Option<Device>> {
         let lookup = || async {
             let row = sqlx::query(
-                "SELECT user_id, device_id, curve25519, ed25519, display_name FROM devices WHERE curve25519 = $1",
+                "SELECT user_id, device_id, curve25519, ed25519, display_name FROM devices
+                 WHERE user_id = $1 AND curve25519 = $2",
             )
+            .bind(user)
             .bind(curve25519)
             .fetch_optional(&self.store.pool)
             .await?;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use vodozemac::megolm::{
     ExportedSessionKey, GroupSession, GroupSessionPickle, InboundGroupSession, InboundGroupSessionPickle,
-    MegolmMessage, SessionConfig, SessionKey,
+    MegolmMessage, SessionConfig, SessionKey, SessionOrdering,
 };
 
 use super::keys::Device;
@@ -64,6 +64,9 @@ impl Client {
             .filter(|device| !(device.user_id == self.profile.user_id && device.device_id == self.profile.device_id))
             .collect();
         let labels: BTreeSet<String> = devices.iter().map(Device::label).collect();
+        // One process at a time advances the room's session: two encrypting at the same
+        // message index would look like a replay to every reader.
+        let _lock = self.lock().await?;
         let rotation_ms = encryption["rotation_period_ms"].as_i64().unwrap_or(DEFAULT_ROTATION_MS);
         let rotation_msgs = encryption["rotation_period_msgs"].as_i64().unwrap_or(DEFAULT_ROTATION_MSGS);
         let mut outbound = match self.outbound_session(room_id).await? {
@@ -129,8 +132,9 @@ impl Client {
     async fn new_outbound_session(&self, room_id: &str) -> anyhow::Result<Outbound> {
         let session = GroupSession::new(SessionConfig::version_1());
         // Our own inbound copy lets this device read its own messages in history.
-        let inbound = InboundGroupSession::new(&session.session_key(), SessionConfig::version_1());
-        self.save_inbound(room_id, &self.curve25519(), &self.ed25519(), &inbound).await?;
+        let mut inbound = InboundGroupSession::new(&session.session_key(), SessionConfig::version_1());
+        let me = self.profile.user_id.clone();
+        self.save_inbound(room_id, &me, &self.curve25519(), &self.ed25519(), &mut inbound).await?;
         Ok(Outbound { session, created_ms: now_ms(), messages: 0, shared_with: BTreeSet::new() })
     }
 
@@ -178,26 +182,30 @@ impl Client {
         Ok(())
     }
 
-    /// Stores an inbound session, keeping whichever copy reaches further back.
+    /// Stores an inbound session. A copy of a known session replaces it only when it is the
+    /// same ratchet reaching further back; anything else about a known session is refused.
+    /// `sender_user` is empty for keys from a file, whose origin nothing vouches for.
     pub async fn save_inbound(
         &self,
         room_id: &str,
+        sender_user: &str,
         sender_key: &str,
         claimed_ed25519: &str,
-        session: &InboundGroupSession,
+        session: &mut InboundGroupSession,
     ) -> anyhow::Result<bool> {
         let session_id = session.session_id();
-        if let Some((existing, existing_sender)) = self.inbound_session(room_id, &session_id).await? {
+        if let Some((mut existing, existing_sender, _)) = self.inbound_session(room_id, &session_id).await? {
             if existing_sender != sender_key {
                 bail!("a room key for session {session_id} arrived from another device");
             }
-            if existing.first_known_index() <= session.first_known_index() {
+            if session.compare(&mut existing) != SessionOrdering::Better {
                 return Ok(false);
             }
         }
         sqlx::query(
-            "INSERT INTO inbound_group_sessions (room_id, session_id, sender_key, claimed_ed25519, pickle, first_index)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO inbound_group_sessions
+                 (room_id, session_id, sender_key, claimed_ed25519, pickle, first_index, sender_user)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (room_id, session_id) DO UPDATE SET pickle = excluded.pickle, first_index = excluded.first_index",
         )
         .bind(room_id)
@@ -206,6 +214,7 @@ impl Client {
         .bind(claimed_ed25519)
         .bind(self.store.cipher.seal_json(&session.pickle())?)
         .bind(i64::from(session.first_known_index()))
+        .bind(sender_user)
         .execute(&self.store.pool)
         .await?;
         Ok(true)
@@ -215,21 +224,23 @@ impl Client {
         &self,
         room_id: &str,
         session_id: &str,
-    ) -> anyhow::Result<Option<(InboundGroupSession, String)>> {
-        let row =
-            sqlx::query("SELECT pickle, sender_key FROM inbound_group_sessions WHERE room_id = $1 AND session_id = $2")
-                .bind(room_id)
-                .bind(session_id)
-                .fetch_optional(&self.store.pool)
-                .await?;
+    ) -> anyhow::Result<Option<(InboundGroupSession, String, String)>> {
+        let row = sqlx::query(
+            "SELECT pickle, sender_key, sender_user FROM inbound_group_sessions WHERE room_id = $1 AND session_id = $2",
+        )
+        .bind(room_id)
+        .bind(session_id)
+        .fetch_optional(&self.store.pool)
+        .await?;
         let Some(row) = row else { return Ok(None) };
         let pickle: InboundGroupSessionPickle = self.store.cipher.open_json(&row.get::<Vec<u8>, _>(0))?;
-        Ok(Some((InboundGroupSession::from_pickle(pickle), row.get(1))))
+        Ok(Some((InboundGroupSession::from_pickle(pickle), row.get(1), row.get(2))))
     }
 
-    /// An `m.room_key` that arrived over Olm from `sender_key`'s device.
+    /// An `m.room_key` that arrived over Olm from `sender`'s device `sender_key`.
     pub async fn receive_room_key(
         &self,
+        sender: &str,
         sender_key: &str,
         claimed_ed25519: &str,
         content: &Value,
@@ -239,9 +250,9 @@ impl Client {
         let session_id = content["session_id"].as_str().context("a room key without session_id")?;
         let key = SessionKey::from_base64(content["session_key"].as_str().unwrap_or_default())
             .context("a malformed room key")?;
-        let session = InboundGroupSession::new(&key, SessionConfig::version_1());
+        let mut session = InboundGroupSession::new(&key, SessionConfig::version_1());
         anyhow::ensure!(session.session_id() == session_id, "a room key whose session_id does not match its key");
-        self.save_inbound(room_id, sender_key, claimed_ed25519, &session).await?;
+        self.save_inbound(room_id, sender, sender_key, claimed_ed25519, &mut session).await?;
         Ok(())
     }
 
@@ -254,8 +265,8 @@ impl Client {
         session_key: &str,
     ) -> anyhow::Result<bool> {
         let key = ExportedSessionKey::from_base64(session_key).context("a malformed exported room key")?;
-        let session = InboundGroupSession::import(&key, SessionConfig::version_1());
-        self.save_inbound(room_id, sender_key, claimed_ed25519, &session).await
+        let mut session = InboundGroupSession::import(&key, SessionConfig::version_1());
+        self.save_inbound(room_id, "", sender_key, claimed_ed25519, &mut session).await
     }
 
     /// Every inbound session, exported at its first known index (for key export).
@@ -296,7 +307,7 @@ impl Client {
         let message = MegolmMessage::from_base64(content["ciphertext"].as_str().unwrap_or_default())
             .map_err(|_| reject("a malformed Megolm message"))?;
         let internal = |err: anyhow::Error| DecryptError::Rejected(format!("{err:#}"));
-        let (mut session, sender_key) = self
+        let (mut session, sender_key, key_sender) = self
             .inbound_session(room_id, session_id)
             .await
             .map_err(internal)?
@@ -312,26 +323,25 @@ impl Client {
             }
             other => reject(&format!("Megolm decryption failed: {other}")),
         })?;
-        let device = if sender_key == self.curve25519() {
-            (sender == self.profile.user_id).then(|| self.profile.device_id.clone())
-        } else {
-            let device = self.device_by_curve25519(sender, &sender_key).await.map_err(internal)?;
-            if let Some(device) = &device
-                && device.user_id != sender
-            {
-                return Err(reject("sent with a room key from another user's device"));
-            }
-            device.map(|device| device.device_id)
-        };
-        if sender_key == self.curve25519() && sender != self.profile.user_id {
-            return Err(reject("sent with our own device's room key by someone else"));
+        // A key that came over Olm names the user whose device sent it: only that user's events
+        // may use it. Keys from a file fall back to the device list.
+        if !key_sender.is_empty() && key_sender != sender {
+            return Err(reject("sent with a room key that came from another user"));
         }
-        self.check_replay(session_id, decrypted.message_index, event_id).await.map_err(internal)??;
+        let device = if sender_key == self.curve25519() {
+            if sender != self.profile.user_id {
+                return Err(reject("sent with our own device's room key by someone else"));
+            }
+            Some(self.profile.device_id.clone())
+        } else {
+            self.device_by_curve25519(sender, &sender_key).await.map_err(internal)?.map(|device| device.device_id)
+        };
         let plaintext: Value =
             serde_json::from_slice(&decrypted.plaintext).map_err(|_| reject("the plaintext is not JSON"))?;
         if plaintext["room_id"] != room_id {
             return Err(reject("the plaintext belongs to another room"));
         }
+        self.check_replay(session_id, decrypted.message_index, event_id).await.map_err(internal)??;
         Ok(Decrypted {
             event_type: plaintext["type"].as_str().unwrap_or_default().to_owned(),
             content: plaintext["content"].clone(),

@@ -151,17 +151,8 @@ impl Client {
     }
 
     async fn save_session(&self, curve25519: &str, session: &Session) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO olm_sessions (session_id, sender_key, pickle, last_used_ms) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (session_id) DO UPDATE SET pickle = excluded.pickle, last_used_ms = excluded.last_used_ms",
-        )
-        .bind(session.session_id())
-        .bind(curve25519)
-        .bind(self.store.cipher.seal_json(&session.pickle())?)
-        .bind(now_ms())
-        .execute(&self.store.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.store.pool.acquire().await?;
+        upsert_session(&mut conn, &self.store.cipher, curve25519, session).await
     }
 
     /// Decrypts an `m.room.encrypted` to-device event sent with Olm and checks its plaintext:
@@ -174,6 +165,11 @@ impl Client {
         let sender_key = content["sender_key"].as_str().context("no sender_key")?;
         let ours = &content["ciphertext"][self.curve25519()];
         let body = ours["body"].as_str().context("not encrypted for this device")?;
+        // Before anything changes state: the key must belong to a device of the claimed sender.
+        let device = self
+            .device_by_curve25519(sender, sender_key)
+            .await?
+            .with_context(|| format!("the sending key belongs to no device of {sender}"))?;
         let plaintext = match ours["type"].as_u64() {
             Some(0) => self.decrypt_pre_key(sender_key, PreKeyMessage::from_base64(body)?).await?,
             Some(1) => {
@@ -187,12 +183,7 @@ impl Client {
         anyhow::ensure!(payload["recipient"] == self.profile.user_id.as_str(), "not meant for us");
         anyhow::ensure!(payload["recipient_keys"]["ed25519"] == self.ed25519().as_str(), "meant for another device");
         let claimed = payload["keys"]["ed25519"].as_str().context("no sender Ed25519 key")?.to_owned();
-        if let Some(device) = self.device_by_curve25519(sender, sender_key).await? {
-            anyhow::ensure!(
-                device.user_id == sender && device.ed25519 == claimed,
-                "the sender's keys do not match its device"
-            );
-        }
+        anyhow::ensure!(device.ed25519 == claimed, "the sender's keys do not match its device");
         Ok(DecryptedToDevice {
             event_type: payload["type"].as_str().context("no type")?.to_owned(),
             content: payload["content"].clone(),
@@ -207,15 +198,29 @@ impl Client {
         if let Some(plaintext) = self.decrypt_with_existing(sender_key, &wrapped).await? {
             return Ok(plaintext);
         }
+        // A session that exists but cannot decrypt it has seen it already: a replay, which must
+        // not reset the session (a fallback key would let it start over).
+        let existing = sqlx::query("SELECT 1 FROM olm_sessions WHERE session_id = $1")
+            .bind(message.session_id())
+            .fetch_optional(&self.store.pool)
+            .await?;
+        anyhow::ensure!(existing.is_none(), "a replayed Olm message");
         let identity_key = Curve25519PublicKey::from_base64(sender_key)?;
         let created = self
             .account
             .create_inbound_session(SessionConfig::version_1(), identity_key, &message)
             .context("cannot start an Olm session from this message")?;
-        // The one-time key is now gone from the account: store both together-ish, account
-        // last, so a crash in between leaves a session we can still use.
-        self.save_session(sender_key, &created.session).await?;
-        self.save_account().await?;
+        // The session and the account (its one-time key now used) are stored together.
+        let mut tx = self.store.pool.begin().await?;
+        upsert_session(&mut tx, &self.store.cipher, sender_key, &created.session).await?;
+        sqlx::query(
+            "INSERT INTO secrets (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(super::keys::ACCOUNT)
+        .bind(self.store.cipher.seal_json(&self.account.pickle())?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(created.plaintext)
     }
 
@@ -235,6 +240,25 @@ impl Client {
         }
         Ok(None)
     }
+}
+
+async fn upsert_session(
+    conn: &mut sqlx::SqliteConnection,
+    cipher: &crate::store::Cipher,
+    curve25519: &str,
+    session: &Session,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO olm_sessions (session_id, sender_key, pickle, last_used_ms) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (session_id) DO UPDATE SET pickle = excluded.pickle, last_used_ms = excluded.last_used_ms",
+    )
+    .bind(session.session_id())
+    .bind(curve25519)
+    .bind(cipher.seal_json(&session.pickle())?)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 fn base64_decode(input: &str) -> anyhow::Result<Vec<u8>> {
