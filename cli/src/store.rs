@@ -25,13 +25,14 @@ impl Cipher {
     }
 
     /// `nonce || ciphertext`; the nonce is random, so equal values encrypt differently.
-    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+    pub fn seal(&self, plaintext: &[u8]) -> anyhow::Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let mut out = nonce.to_vec();
-        // Encryption with a valid key and in-memory buffers cannot fail.
-        out.extend(self.0.encrypt(XNonce::from_slice(&nonce), plaintext).unwrap_or_default());
-        out
+        let ciphertext = self
+            .0
+            .encrypt(XNonce::from_slice(&nonce), plaintext)
+            .map_err(|_| anyhow::anyhow!("cannot encrypt a value for the local store"))?;
+        Ok([nonce.as_slice(), &ciphertext].concat())
     }
 
     pub fn open(&self, sealed: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -44,7 +45,7 @@ impl Cipher {
 
     pub fn seal_json<T: serde::Serialize>(&self, value: &T) -> anyhow::Result<Vec<u8>> {
         let plain = zeroize::Zeroizing::new(serde_json::to_vec(value)?);
-        Ok(self.seal(&plain))
+        self.seal(&plain)
     }
 
     pub fn open_json<T: serde::de::DeserializeOwned>(&self, sealed: &[u8]) -> anyhow::Result<T> {
@@ -130,8 +131,8 @@ mod tests {
     #[test]
     fn sealed_values_round_trip_and_detect_tampering() {
         let cipher = Cipher::new(&[7; 32]);
-        let sealed = cipher.seal(b"olm account");
-        assert_ne!(cipher.seal(b"olm account"), sealed, "nonces are random");
+        let sealed = cipher.seal(b"olm account").unwrap();
+        assert_ne!(cipher.seal(b"olm account").unwrap(), sealed, "nonces are random");
         assert!(!sealed.windows(11).any(|w| w == b"olm account"));
         assert_eq!(cipher.open(&sealed).unwrap(), b"olm account");
         let mut tampered = sealed.clone();

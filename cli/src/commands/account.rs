@@ -24,10 +24,7 @@ pub async fn register(
     token: Option<String>,
     device_name: &str,
 ) -> anyhow::Result<()> {
-    let dir = client::new_profile_dir(&profile_name(selector))?;
-    let homeserver = discovery::discover(http, server).await?.base_url;
-    let password = super::password(password, "New password: ")?;
-    let api = Api::new(http.clone(), &homeserver, None);
+    let (dir, homeserver, api, password) = start_login(http, selector, server, password, "New password: ").await?;
     let url = api.client_url(&["register"])?;
     let mut body = json!({
         "username": username,
@@ -93,10 +90,7 @@ pub async fn login(
     password: Option<String>,
     device_name: &str,
 ) -> anyhow::Result<()> {
-    let dir = client::new_profile_dir(&profile_name(selector))?;
-    let homeserver = discovery::discover(http, server).await?.base_url;
-    let password = super::password(password, "Password: ")?;
-    let api = Api::new(http.clone(), &homeserver, None);
+    let (dir, homeserver, api, password) = start_login(http, selector, server, password, "Password: ").await?;
     let response: Value = api
         .post(
             &["login"],
@@ -110,6 +104,22 @@ pub async fn login(
         .await
         .context("login failed")?;
     finish_login(http, selector, json, homeserver, dir, &response).await
+}
+
+/// What register and login do first: claim the profile folder (before anything reaches the
+/// server, so a taken profile fails fast), find the homeserver, get the password.
+async fn start_login(
+    http: &reqwest::Client,
+    selector: &Selector,
+    server: &str,
+    password: Option<String>,
+    prompt: &str,
+) -> anyhow::Result<(std::path::PathBuf, String, Api, String)> {
+    let dir = client::new_profile_dir(&profile_name(selector))?;
+    let homeserver = discovery::discover(http, server).await?.base_url;
+    let password = super::password(password, prompt)?;
+    let api = Api::new(http.clone(), &homeserver, None);
+    Ok((dir, homeserver, api, password))
 }
 
 /// The profile a new login goes to: `--profile`, else `default`.

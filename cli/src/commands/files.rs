@@ -24,12 +24,9 @@ pub async fn send_file(client: &mut Client, json: bool, room: &str, path: &Path,
     let mut info = json!({ "mimetype": mime.essence_str(), "size": size });
     let msgtype = match mime.type_().as_str() {
         "image" => {
-            if let Ok((w, h)) = image::ImageReader::open(path)
-                .and_then(|r| r.with_guessed_format())
-                .map(|r| r.into_dimensions())
-                .map_err(anyhow::Error::from)
-                .and_then(|dims| dims.map_err(anyhow::Error::from))
-            {
+            // Size from the header only; a file the decoder does not know goes without.
+            let reader = image::ImageReader::open(path).and_then(|r| r.with_guessed_format());
+            if let Ok(Ok((w, h))) = reader.map(|r| r.into_dimensions()) {
                 info["w"] = json!(w);
                 info["h"] = json!(h);
             }

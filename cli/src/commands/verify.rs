@@ -93,10 +93,10 @@ pub async fn run(
     let verified = result?;
     output::emit(json, &verified, |v| {
         format!(
-            "Verified {} {} ({}).",
+            "Verified {} {} ({} keys matched).",
             v["user_id"].as_str().unwrap_or_default(),
             v["device_id"].as_str().unwrap_or_default(),
-            v["verified_keys"].as_array().map(|k| k.len()).unwrap_or(0).to_string() + " keys"
+            v["verified_keys"].as_array().map_or(0, Vec::len)
         )
     })
 }
