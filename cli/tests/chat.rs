@@ -289,13 +289,23 @@ async fn accounts_profiles_and_errors() {
     // Cross-signing: once dave publishes keys, others see his device signed by him; replacing
     // the keys needs the password (given through MYELIN_PASSWORD).
     let before = dave.ok(&["--profile", "work", "devices", "list", &dave.user_id]).await;
-    assert_eq!(before[0]["cross_signed"], false);
+    assert_eq!(before["devices"][0]["cross_signed"], false);
+    assert!(before["identity"].is_null());
     let published = dave.ok(&["keys", "cross-signing"]).await;
     assert_eq!(published["signed_device"], device_id.as_str());
     let after = dave.ok(&["--profile", "work", "devices", "list", &dave.user_id]).await;
-    assert_eq!(after[0]["cross_signed"], true, "{after:#}");
+    assert_eq!(after["devices"][0]["cross_signed"], true, "{after:#}");
+    assert_eq!(after["devices"][0]["verified"], false, "signed by an owner nobody verified");
+    assert_eq!(after["identity"]["master_key"], published["master_key"], "pinned when first seen");
+    assert!(after["identity"]["changed_from"].is_null());
     let replaced = dave.ok(&["keys", "cross-signing"]).await;
     assert_ne!(replaced["master_key"], published["master_key"]);
+    // The other profile notices that the identity it pinned was replaced.
+    let changed = dave.run(&["--profile", "work", "devices", "list", &dave.user_id], None).await;
+    assert!(String::from_utf8_lossy(&changed.stderr).contains("identity (master key) changed"));
+    let changed: Value = serde_json::from_slice(&changed.stdout).unwrap();
+    assert_eq!(changed["identity"]["master_key"], replaced["master_key"]);
+    assert_eq!(changed["identity"]["changed_from"], published["master_key"]);
 
     // Errors: one line, non-zero exit.
     assert!(dave.fails(&["send", "!nosuchroom:nowhere", "x"]).await.contains("M_"));
@@ -376,5 +386,14 @@ async fn two_users_verify_each_other_with_emoji() {
     for side in [&answered, &asked] {
         assert_eq!(side["verified_keys"].as_array().unwrap().len(), 2, "{side:#}");
     }
+    let seen = gina.ok(&["devices", "list", &hank.user_id]).await;
+    assert_eq!(seen["identity"]["verified"], true, "{seen:#}");
+    assert_eq!(seen["devices"][0]["verified"], true);
+    // hank's new identity is not the one gina verified: she is told, and must verify again.
+    let new_master = hank.ok(&["keys", "cross-signing"]).await["master_key"].clone();
+    let seen = gina.ok(&["devices", "list", &hank.user_id]).await;
+    assert_eq!(seen["identity"]["master_key"], new_master);
+    assert_eq!(seen["identity"]["verified"], false);
+    assert!(seen["identity"]["changed_from"].is_string(), "{seen:#}");
     server.stop().await;
 }

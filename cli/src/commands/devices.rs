@@ -10,21 +10,33 @@ use crate::{DevicesCommand, KeysCommand, output};
 pub async fn run(client: &Client, json: bool, command: DevicesCommand) -> anyhow::Result<()> {
     match command {
         DevicesCommand::List { user: Some(user) } if user != client.profile.user_id => {
-            let devices = client.device_trust(&user).await?;
-            output::emit(json, &devices, |devices| {
-                devices
-                    .iter()
-                    .map(|d| {
-                        format!(
-                            "{:<12} {:<24} {} ed25519 {}",
-                            d.device_id,
-                            d.display_name.as_deref().unwrap_or("(unnamed)"),
-                            if d.cross_signed { "signed by its owner  " } else { "NOT signed by its owner" },
-                            d.ed25519
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
+            let (identity, devices) = client.device_trust(&user).await?;
+            let shown = json!({ "user_id": user, "identity": identity, "devices": devices });
+            output::emit(json, &shown, |_| {
+                let identity = match &identity {
+                    None => format!("{user} has no cross-signing identity"),
+                    Some(id) if id.changed_from.is_some() => format!(
+                        "{user}'s identity CHANGED (was {}); verify them again\nmaster key {}",
+                        id.changed_from.as_deref().unwrap_or_default(),
+                        id.master_key
+                    ),
+                    Some(id) if id.verified => format!("{user}: verified, master key {}", id.master_key),
+                    Some(id) => format!("{user}: not verified, master key {}", id.master_key),
+                };
+                let devices = devices.iter().map(|d| {
+                    let trust = match (d.verified, d.cross_signed) {
+                        (true, _) => "verified               ",
+                        (false, true) => "signed by its owner    ",
+                        (false, false) => "NOT signed by its owner",
+                    };
+                    format!(
+                        "{:<12} {:<24} {trust} ed25519 {}",
+                        d.device_id,
+                        d.display_name.as_deref().unwrap_or("(unnamed)"),
+                        d.ed25519
+                    )
+                });
+                std::iter::once(identity).chain(devices).collect::<Vec<_>>().join("\n")
             })
         }
         DevicesCommand::List { .. } => {

@@ -21,18 +21,19 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(600);
 struct Events(VecDeque<Value>);
 
 impl Events {
-    /// The next event of one of `types` (for `transaction_id`, if given), syncing until it
-    /// comes. A cancellation of the transaction ends the wait with its reason.
+    /// The next event of one of `types` (for `transaction`, if given: its ID and the user we
+    /// verify with), syncing until it comes. A cancellation of the transaction ends the wait.
     async fn next(
         &mut self,
         client: &mut Client,
-        transaction_id: Option<&str>,
+        transaction: Option<(&str, &str)>,
         types: &[&str],
     ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             let ours = |event: &Value| {
-                transaction_id.is_none_or(|id| event["content"]["transaction_id"] == id)
+                transaction
+                    .is_none_or(|(id, sender)| event["content"]["transaction_id"] == id && event["sender"] == sender)
                     && event["type"].as_str().is_some_and(|t| t.starts_with("m.key.verification."))
             };
             if let Some(position) = self.0.iter().position(|event| {
@@ -126,7 +127,7 @@ async fn request(
         client.send_to_device(&device.user_id, &device.device_id, "m.key.verification.request", &request).await?;
     }
     eprintln!("Waiting for {user} to accept the verification on their device…");
-    let ready = events.next(client, Some(&transaction_id), &["m.key.verification.ready"]).await?;
+    let ready = events.next(client, Some((&transaction_id, user)), &["m.key.verification.ready"]).await?;
     let from = ready["content"]["from_device"].as_str().unwrap_or_default();
     let them = candidates.iter().find(|d| d.device_id == from).cloned().context("an answer from an unknown device")?;
     anyhow::ensure!(
@@ -164,7 +165,11 @@ async fn respond(client: &mut Client, events: &mut Events) -> anyhow::Result<(De
         );
         let ready = json!({ "from_device": client.profile.device_id, "methods": [sas::METHOD], "transaction_id": transaction_id });
         client.send_to_device(&them.user_id, &them.device_id, "m.key.verification.ready", &ready).await?;
-        events.next(client, Some(&transaction_id), &["m.key.verification.start"]).await?["content"].clone()
+        let start =
+            events.next(client, Some((&transaction_id, &sender)), &["m.key.verification.start"]).await?["content"]
+                .clone();
+        anyhow::ensure!(start["from_device"] == them.device_id.as_str(), "the verification started on another device");
+        start
     } else {
         content.clone()
     };
@@ -182,20 +187,28 @@ async fn exchange(
     yes: bool,
 ) -> anyhow::Result<Value> {
     let txn = session.transaction_id.as_str();
+    let transaction = Some((txn, session.them.user_id.as_str()));
     let ours = sas::new_sas();
     let our_key = ours.public_key();
-    let their_key = if we_start {
-        let accept = events.next(client, Some(txn), &["m.key.verification.accept"]).await?;
+    let (their_key, mac_method) = if we_start {
+        let accept = events.next(client, transaction, &["m.key.verification.accept"]).await?;
+        let mac_method = match sas::check_accept(&accept["content"]) {
+            Ok(method) => method,
+            Err(err) => {
+                session.cancel(client, "m.unknown_method", &format!("{err:#}")).await;
+                return Err(err);
+            }
+        };
         let commitment = accept["content"]["commitment"].as_str().unwrap_or_default().to_owned();
         session.send(client, "m.key.verification.key", json!({ "key": our_key.to_base64() })).await?;
-        let key = their_key(&events.next(client, Some(txn), &["m.key.verification.key"]).await?)?;
+        let key = their_key(&events.next(client, transaction, &["m.key.verification.key"]).await?)?;
         if sas::commitment(&key, &start)? != commitment {
             session.cancel(client, "m.mismatched_commitment", "the key does not match its commitment").await;
             bail!("the other device's key does not match its commitment: someone may be interfering");
         }
-        key
+        (key, mac_method)
     } else {
-        let accept = match sas::accept_content(&start, txn, &our_key) {
+        let (accept, mac_method) = match sas::accept_content(&start, txn, &our_key) {
             Ok(accept) => accept,
             Err(err) => {
                 session.cancel(client, "m.unknown_method", &format!("{err:#}")).await;
@@ -203,9 +216,9 @@ async fn exchange(
             }
         };
         session.send(client, "m.key.verification.accept", accept).await?;
-        let key = their_key(&events.next(client, Some(txn), &["m.key.verification.key"]).await?)?;
+        let key = their_key(&events.next(client, transaction, &["m.key.verification.key"]).await?)?;
         session.send(client, "m.key.verification.key", json!({ "key": our_key.to_base64() })).await?;
-        key
+        (key, mac_method)
     };
     let established = ours.diffie_hellman(their_key).context("the other device's key is unusable")?;
     let (me, my_device) = (client.profile.user_id.clone(), client.profile.device_id.clone());
@@ -239,27 +252,31 @@ async fn exchange(
         .send(
             client,
             "m.key.verification.mac",
-            sas::mac_content(&established, (me, my_device), (them, their_device), txn, &our_keys),
+            sas::mac_content(&established, mac_method, (me, my_device), (them, their_device), txn, &our_keys),
         )
         .await?;
-    let mac = events.next(client, Some(txn), &["m.key.verification.mac"]).await?;
+    let mac = events.next(client, transaction, &["m.key.verification.mac"]).await?;
     let mut known = vec![(format!("ed25519:{their_device}"), session.them.ed25519.clone())];
-    let their_master = client.master_key_of(them).await?;
-    if let Some((master, _)) = &their_master {
-        known.push((format!("ed25519:{master}"), master.clone()));
+    let their_master = client.cross_signing_of(them).await?.map(|(keys, _)| keys);
+    if let Some(keys) = &their_master {
+        known.push((format!("ed25519:{}", keys.master), keys.master.clone()));
     }
-    let verified = sas::check_mac(&established, &mac["content"], (me, my_device), (them, their_device), txn, &known)?;
+    let verified =
+        sas::check_mac(&established, mac_method, &mac["content"], (me, my_device), (them, their_device), txn, &known)?;
     client.mark_verified(&session.them).await?;
-    if let Some((master, object)) = &their_master
-        && verified.contains(&format!("ed25519:{master}"))
-        && them != me
+    if let Some(keys) = their_master
+        && verified.contains(&format!("ed25519:{}", keys.master))
     {
-        client.sign_master_key(them, master, object.clone()).await?;
+        client.confirm_master_key(them, &keys.master).await?;
+        if them != me {
+            client.sign_master_key(them, &keys.master, keys.master_object).await?;
+        }
     }
     session.send(client, "m.key.verification.done", json!({})).await?;
     // Their `done` is a courtesy; the keys are already checked.
-    let _ = tokio::time::timeout(Duration::from_secs(5), events.next(client, Some(txn), &["m.key.verification.done"]))
-        .await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), events.next(client, transaction, &["m.key.verification.done"]))
+            .await;
     Ok(json!({
         "user_id": them,
         "device_id": their_device,

@@ -30,6 +30,18 @@ pub struct DeviceTrust {
     pub curve25519: String,
     /// Signed by its owner's self-signing key, itself signed by their master key.
     pub cross_signed: bool,
+    /// Verified by us: directly with SAS, or cross-signed by an owner we verified.
+    pub verified: bool,
+}
+
+/// Another user's cross-signing identity: their master key, as pinned here.
+#[derive(Serialize)]
+pub struct Identity {
+    pub master_key: String,
+    /// This master key was confirmed by a SAS verification with them.
+    pub verified: bool,
+    /// The key pinned before this one, until a verification confirms the change.
+    pub changed_from: Option<String>,
 }
 
 fn public_id(key: &Ed25519SecretKey) -> String {
@@ -107,12 +119,70 @@ impl Client {
             .transpose()
     }
 
-    /// `user`'s master key (its ID and the object as published), if they have one.
-    pub async fn master_key_of(&self, user: &str) -> anyhow::Result<Option<(String, Value)>> {
-        let response: Value = self.api.post(&["keys", "query"], &json!({ "device_keys": { user: [] } })).await?;
-        let object = &response["master_keys"][user];
-        let id = object["keys"].as_object().and_then(|keys| keys.values().next()).and_then(Value::as_str);
-        Ok(id.filter(|_| object["user_id"] == user).map(|id| (id.to_owned(), object.clone())))
+    /// `user`'s published cross-signing keys, checked, with their master key pinned.
+    pub async fn cross_signing_of(&self, user: &str) -> anyhow::Result<Option<(PublishedKeys, Identity)>> {
+        let response = self.query_keys(&[user.to_owned()]).await?;
+        self.identity_from(&response, user).await
+    }
+
+    async fn identity_from(&self, response: &Value, user: &str) -> anyhow::Result<Option<(PublishedKeys, Identity)>> {
+        let Some(keys) = published_keys(response, user) else { return Ok(None) };
+        let identity = self.pin_master_key(user, &keys.master).await?;
+        Ok(Some((keys, identity)))
+    }
+
+    /// Pins `user`'s master key the first time we see one; a different key later is recorded
+    /// as a change, and shown as one until a verification confirms the new key.
+    async fn pin_master_key(&self, user: &str, master: &str) -> anyhow::Result<Identity> {
+        let pool = &self.store.pool;
+        let pinned: Option<(String, bool, Option<String>)> =
+            sqlx::query_as("SELECT master_key, verified, previous FROM master_keys WHERE user_id = $1")
+                .bind(user)
+                .fetch_optional(pool)
+                .await?;
+        let identity = match pinned {
+            None => {
+                sqlx::query("INSERT INTO master_keys (user_id, master_key) VALUES ($1, $2)")
+                    .bind(user)
+                    .bind(master)
+                    .execute(pool)
+                    .await?;
+                Identity { master_key: master.to_owned(), verified: false, changed_from: None }
+            }
+            Some((key, verified, previous)) if key == master => {
+                Identity { master_key: key, verified, changed_from: previous }
+            }
+            Some((old, _, previous)) => {
+                // The first unconfirmed key stays the reference: several changes in a row are
+                // still one change since what the user last knew.
+                let previous = previous.unwrap_or(old);
+                sqlx::query("UPDATE master_keys SET master_key = $2, verified = 0, previous = $3 WHERE user_id = $1")
+                    .bind(user)
+                    .bind(master)
+                    .bind(&previous)
+                    .execute(pool)
+                    .await?;
+                eprintln!(
+                    "myelin: WARNING: {user}'s identity (master key) changed from {previous} to {master}; \
+                     verify them again with `myelin verify {user}`"
+                );
+                Identity { master_key: master.to_owned(), verified: false, changed_from: Some(previous) }
+            }
+        };
+        Ok(identity)
+    }
+
+    /// Records that a SAS verification confirmed `user`'s master key.
+    pub async fn confirm_master_key(&self, user: &str, master: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO master_keys (user_id, master_key, verified) VALUES ($1, $2, 1)
+             ON CONFLICT (user_id) DO UPDATE SET master_key = excluded.master_key, verified = 1, previous = NULL",
+        )
+        .bind(user)
+        .bind(master)
+        .execute(&self.store.pool)
+        .await?;
+        Ok(())
     }
 
     /// Signs another user's (SAS-verified) master key with our user-signing key, so our other
@@ -136,22 +206,27 @@ impl Client {
         Ok(())
     }
 
-    /// The devices of `user`, each checked against the user's cross-signing keys.
-    pub async fn device_trust(&self, user: &str) -> anyhow::Result<Vec<DeviceTrust>> {
-        let response: Value = self
-            .api
-            .post(&["keys", "query"], &json!({ "device_keys": { user: [] } }))
-            .await
-            .context("fetching device keys")?;
-        let self_signing = checked_self_signing_key(&response, user);
-        let devices = self.query_devices(&[user.to_owned()]).await?;
-        Ok(devices
+    /// `user`'s identity and devices, each device checked against the user's cross-signing
+    /// keys (all from one `/keys/query` answer).
+    pub async fn device_trust(&self, user: &str) -> anyhow::Result<(Option<Identity>, Vec<DeviceTrust>)> {
+        let users = [user.to_owned()];
+        let response = self.query_keys(&users).await?;
+        let devices = self.devices_from(&response, &users).await?;
+        let identity = self.identity_from(&response, user).await?;
+        let verified: Vec<String> =
+            sqlx::query_scalar("SELECT device_id FROM devices WHERE user_id = $1 AND verified = 1")
+                .bind(user)
+                .fetch_all(&self.store.pool)
+                .await?;
+        let self_signing = identity.as_ref().and_then(|(keys, _)| keys.self_signing.as_ref());
+        let identity_trusted = identity.as_ref().is_some_and(|(_, id)| id.verified && id.changed_from.is_none());
+        let devices = devices
             .into_iter()
             .map(|device| {
                 let keys = &response["device_keys"][user][&device.device_id];
-                let cross_signed =
-                    self_signing.as_ref().is_some_and(|(id, key)| verify_signature(keys, user, id, key).is_ok());
+                let cross_signed = self_signing.is_some_and(|(id, key)| verify_signature(keys, user, id, key).is_ok());
                 DeviceTrust {
+                    verified: verified.contains(&device.device_id) || (cross_signed && identity_trusted),
                     device_id: device.device_id,
                     display_name: device.display_name,
                     ed25519: device.ed25519,
@@ -159,25 +234,43 @@ impl Client {
                     cross_signed,
                 }
             })
-            .collect())
+            .collect();
+        Ok((identity.map(|(_, identity)| identity), devices))
     }
 }
 
-/// The user's self-signing key, if it carries a valid signature of their master key.
-fn checked_self_signing_key(response: &Value, user: &str) -> Option<(String, Ed25519PublicKey)> {
-    let single_key = |object: &Value| -> Option<(String, Ed25519PublicKey)> {
-        let (id, key) = object["keys"].as_object()?.iter().next()?;
-        let id = id.strip_prefix("ed25519:")?.to_owned();
-        Some((id, Ed25519PublicKey::from_base64(key.as_str()?).ok()?))
-    };
-    let master = &response["master_keys"][user];
-    let self_signing = &response["self_signing_keys"][user];
-    let (master_id, master_key) = single_key(master)?;
-    if master["user_id"] != user || self_signing["user_id"] != user {
+/// A user's published cross-signing keys, checked.
+pub struct PublishedKeys {
+    /// The master key (also its key ID without `ed25519:`).
+    pub master: String,
+    /// The master key object as published, for signing it.
+    pub master_object: Value,
+    /// The self-signing key, if the master key signed one.
+    self_signing: Option<(String, Ed25519PublicKey)>,
+}
+
+/// The single Ed25519 key of a cross-signing key object for `user` and `usage`.
+fn single_key(object: &Value, user: &str, usage: &str) -> Option<(String, Ed25519PublicKey)> {
+    if object["user_id"] != user || !object["usage"].as_array()?.iter().any(|u| u == usage) {
         return None;
     }
-    verify_signature(self_signing, user, &master_id, &master_key).ok()?;
-    single_key(self_signing)
+    let keys = object["keys"].as_object()?;
+    let (id, key) = keys.iter().next().filter(|_| keys.len() == 1)?;
+    let key = key.as_str()?;
+    // A cross-signing key's ID is the key itself.
+    (id.strip_prefix("ed25519:")? == key).then_some(())?;
+    Some((key.to_owned(), Ed25519PublicKey::from_base64(key).ok()?))
+}
+
+/// `user`'s master key and, if it carries a valid signature of that master key, their
+/// self-signing key, from a `/keys/query` answer.
+fn published_keys(response: &Value, user: &str) -> Option<PublishedKeys> {
+    let master_object = &response["master_keys"][user];
+    let (master, master_key) = single_key(master_object, user, "master")?;
+    let self_signing_object = &response["self_signing_keys"][user];
+    let self_signing = single_key(self_signing_object, user, "self_signing")
+        .filter(|_| verify_signature(self_signing_object, user, &master, &master_key).is_ok());
+    Some(PublishedKeys { master, master_object: master_object.clone(), self_signing })
 }
 
 #[cfg(test)]
@@ -190,20 +283,29 @@ mod tests {
         let self_signing = Ed25519SecretKey::new();
         let mut object = key_object("@a:b", "self_signing", &self_signing);
         sign_with(&mut object, "@a:b", &master).unwrap();
-        let response = json!({
-            "master_keys": { "@a:b": key_object("@a:b", "master", &master) },
-            "self_signing_keys": { "@a:b": object },
-        });
-        let (id, key) = checked_self_signing_key(&response, "@a:b").unwrap();
+        let response = |master_object: Value, self_signing_object: Value| {
+            json!({
+                "master_keys": { "@a:b": master_object },
+                "self_signing_keys": { "@a:b": self_signing_object },
+            })
+        };
+        let keys = published_keys(&response(key_object("@a:b", "master", &master), object.clone()), "@a:b").unwrap();
+        assert_eq!(keys.master, public_id(&master));
+        let (id, key) = keys.self_signing.unwrap();
         assert_eq!(id, public_id(&self_signing));
         assert_eq!(key, self_signing.public_key());
         // A self-signing key signed by anything else is not trusted.
         let mut forged = key_object("@a:b", "self_signing", &self_signing);
         sign_with(&mut forged, "@a:b", &Ed25519SecretKey::new()).unwrap();
-        let response = json!({
-            "master_keys": { "@a:b": key_object("@a:b", "master", &master) },
-            "self_signing_keys": { "@a:b": forged },
-        });
-        assert!(checked_self_signing_key(&response, "@a:b").is_none());
+        let keys = published_keys(&response(key_object("@a:b", "master", &master), forged), "@a:b").unwrap();
+        assert!(keys.self_signing.is_none());
+        // Nor is a master key published for another usage or user, or under a foreign key ID.
+        let wrong_usage = key_object("@a:b", "user_signing", &master);
+        assert!(published_keys(&response(wrong_usage, object.clone()), "@a:b").is_none());
+        let wrong_user = key_object("@c:b", "master", &master);
+        assert!(published_keys(&response(wrong_user, object.clone()), "@a:b").is_none());
+        let mut wrong_id = key_object("@a:b", "master", &master);
+        wrong_id["keys"] = json!({ "ed25519:OTHER": public_id(&master) });
+        assert!(published_keys(&response(wrong_id, object), "@a:b").is_none());
     }
 }

@@ -135,12 +135,22 @@ impl Client {
         if users.is_empty() {
             return Ok(Vec::new());
         }
+        let response = self.query_keys(users).await?;
+        self.devices_from(&response, users).await
+    }
+
+    /// `POST /keys/query` for all devices of `users`: device keys and cross-signing keys.
+    pub async fn query_keys(&self, users: &[String]) -> anyhow::Result<Value> {
         let request: BTreeMap<&str, Vec<String>> = users.iter().map(|user| (user.as_str(), Vec::new())).collect();
-        let response: Value = self
-            .api
+        self.api
             .post(&["keys", "query"], &json!({ "device_keys": request, "timeout": 10000 }))
             .await
-            .context("fetching device keys")?;
+            .context("fetching device keys")
+    }
+
+    /// The devices of `users` in a `/keys/query` response, checked and remembered (see
+    /// [`Client::query_devices`]).
+    pub async fn devices_from(&self, response: &Value, users: &[String]) -> anyhow::Result<Vec<Device>> {
         let mut found = Vec::new();
         for user in users {
             let Some(devices) = response["device_keys"][user].as_object() else { continue };

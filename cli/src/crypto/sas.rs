@@ -14,7 +14,55 @@ use crate::client::Client;
 pub const METHOD: &str = "m.sas.v1";
 const KEY_AGREEMENT: &str = "curve25519-hkdf-sha256";
 const HASH: &str = "sha256";
-const MAC_METHOD: &str = "hkdf-hmac-sha256.v2";
+
+/// How MACs are encoded. `hkdf-hmac-sha256` is libolm's original method, whose base64 output
+/// was garbled by a buffer reuse; the spec deprecates it but older clients offer nothing else,
+/// so it is spoken (exactly as libolm wrote it) only when the other side lacks `.v2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MacMethod {
+    V2,
+    Libolm,
+}
+
+impl MacMethod {
+    const ALL: [MacMethod; 2] = [MacMethod::V2, MacMethod::Libolm];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MacMethod::V2 => "hkdf-hmac-sha256.v2",
+            MacMethod::Libolm => "hkdf-hmac-sha256",
+        }
+    }
+
+    /// The method an `m.key.verification.accept` chose, if it is one we offered.
+    pub fn chosen(accept: &Value) -> anyhow::Result<MacMethod> {
+        let chosen = &accept["message_authentication_code"];
+        MacMethod::ALL
+            .into_iter()
+            .find(|method| chosen == method.name())
+            .with_context(|| format!("the other device chose a MAC method we did not offer ({chosen})"))
+    }
+
+    fn mac(self, sas: &EstablishedSas, input: &str, info: &str) -> String {
+        match self {
+            MacMethod::V2 => sas.calculate_mac(input, info).to_base64(),
+            MacMethod::Libolm => sas.calculate_mac_invalid_base64(input, info),
+        }
+    }
+
+    fn verify(self, sas: &EstablishedSas, input: &str, info: &str, mac: &Value) -> bool {
+        let mac = mac.as_str().unwrap_or_default();
+        match self {
+            MacMethod::V2 => Mac::from_base64(mac).is_ok_and(|tag| sas.verify_mac(input, info, &tag).is_ok()),
+            MacMethod::Libolm => {
+                let expected = sas.calculate_mac_invalid_base64(input, info);
+                // Compared in constant time, like `verify_mac` does for v2.
+                expected.len() == mac.len()
+                    && expected.bytes().zip(mac.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            }
+        }
+    }
+}
 
 /// The spec's SAS emoji table (`data-definitions/sas-emoji.json`): emoji and description.
 pub const EMOJI: [(&str, &str); 64] = [
@@ -92,33 +140,53 @@ pub fn start_content(our_device: &str, transaction_id: &str) -> Value {
         "transaction_id": transaction_id,
         "key_agreement_protocols": [KEY_AGREEMENT],
         "hashes": [HASH],
-        "message_authentication_codes": [MAC_METHOD],
+        "message_authentication_codes": MacMethod::ALL.map(MacMethod::name),
         "short_authentication_string": ["emoji", "decimal"],
     })
 }
 
-/// Checks that a start offers what we speak; returns the `m.key.verification.accept` content.
-pub fn accept_content(start: &Value, transaction_id: &str, our_key: &Curve25519PublicKey) -> anyhow::Result<Value> {
+/// Checks that a start offers what we speak; returns the `m.key.verification.accept` content
+/// and the MAC method it chooses (`.v2` whenever offered, as the spec demands).
+pub fn accept_content(
+    start: &Value,
+    transaction_id: &str,
+    our_key: &Curve25519PublicKey,
+) -> anyhow::Result<(Value, MacMethod)> {
     let offers = |field: &str, wanted: &str| start[field].as_array().is_some_and(|a| a.iter().any(|v| v == wanted));
     anyhow::ensure!(start["method"] == METHOD, "the other device wants a verification method other than SAS");
     anyhow::ensure!(
         offers("key_agreement_protocols", KEY_AGREEMENT) && offers("hashes", HASH),
         "the other device does not speak curve25519-hkdf-sha256 with sha256"
     );
-    anyhow::ensure!(
-        offers("message_authentication_codes", MAC_METHOD),
-        "the other device does not speak hkdf-hmac-sha256.v2"
-    );
+    let mac_method = MacMethod::ALL
+        .into_iter()
+        .find(|method| offers("message_authentication_codes", method.name()))
+        .context("the other device offers no MAC method we speak")?;
     anyhow::ensure!(offers("short_authentication_string", "emoji"), "the other device cannot show emoji");
-    Ok(json!({
+    let accept = json!({
         "transaction_id": transaction_id,
         "method": METHOD,
         "key_agreement_protocol": KEY_AGREEMENT,
         "hash": HASH,
-        "message_authentication_code": MAC_METHOD,
+        "message_authentication_code": mac_method.name(),
         "short_authentication_string": ["emoji", "decimal"],
         "commitment": commitment(our_key, start)?,
-    }))
+    });
+    Ok((accept, mac_method))
+}
+
+/// Checks that an accept (to our start) chose what we offered; returns its MAC method.
+pub fn check_accept(accept: &Value) -> anyhow::Result<MacMethod> {
+    anyhow::ensure!(
+        accept["key_agreement_protocol"] == KEY_AGREEMENT && accept["hash"] == HASH,
+        "the other device chose a key agreement or hash we did not offer"
+    );
+    anyhow::ensure!(
+        accept["short_authentication_string"].as_array().is_some_and(|a| a.iter().any(|v| v == "emoji")),
+        "the other device cannot show emoji"
+    );
+    anyhow::ensure!(accept["commitment"].is_string(), "an accept without commitment");
+    MacMethod::chosen(accept)
 }
 
 /// `UnpaddedBase64(SHA256(public key ‖ canonical JSON of the start content))`.
@@ -161,6 +229,7 @@ fn mac_info(sender: (&str, &str), receiver: (&str, &str), transaction_id: &str, 
 /// Our `m.key.verification.mac` content, vouching for `keys` (`(key ID, public key)`).
 pub fn mac_content(
     sas: &EstablishedSas,
+    method: MacMethod,
     us: (&str, &str),
     them: (&str, &str),
     transaction_id: &str,
@@ -168,21 +237,19 @@ pub fn mac_content(
 ) -> Value {
     let mut macs = serde_json::Map::new();
     for (key_id, key) in keys {
-        macs.insert(
-            key_id.clone(),
-            json!(sas.calculate_mac(key, &mac_info(us, them, transaction_id, key_id)).to_base64()),
-        );
+        macs.insert(key_id.clone(), json!(method.mac(sas, key, &mac_info(us, them, transaction_id, key_id))));
     }
     let mut ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
     ids.sort_unstable();
-    let key_ids = sas.calculate_mac(&ids.join(","), &mac_info(us, them, transaction_id, "KEY_IDS"));
-    json!({ "transaction_id": transaction_id, "mac": macs, "keys": key_ids.to_base64() })
+    let key_ids = method.mac(sas, &ids.join(","), &mac_info(us, them, transaction_id, "KEY_IDS"));
+    json!({ "transaction_id": transaction_id, "mac": macs, "keys": key_ids })
 }
 
 /// Checks their MACs against the keys we know for them; returns the key IDs that matched.
 /// Their device key must be among them; key IDs we do not know are skipped, as the spec says.
 pub fn check_mac(
     sas: &EstablishedSas,
+    method: MacMethod,
     content: &Value,
     us: (&str, &str),
     them: (&str, &str),
@@ -192,14 +259,17 @@ pub fn check_mac(
     let macs = content["mac"].as_object().context("a MAC message without MACs")?;
     let mut ids: Vec<&str> = macs.keys().map(String::as_str).collect();
     ids.sort_unstable();
-    let tag = |value: &Value| Mac::from_base64(value.as_str().unwrap_or_default()).context("a malformed MAC");
-    sas.verify_mac(&ids.join(","), &mac_info(them, us, transaction_id, "KEY_IDS"), &tag(&content["keys"])?)
-        .map_err(|_| anyhow::anyhow!("the key list's MAC does not match: the verification failed"))?;
+    anyhow::ensure!(
+        method.verify(sas, &ids.join(","), &mac_info(them, us, transaction_id, "KEY_IDS"), &content["keys"]),
+        "the key list's MAC does not match: the verification failed"
+    );
     let mut verified = Vec::new();
     for (key_id, mac) in macs {
         let Some((_, key)) = known.iter().find(|(id, _)| id == key_id) else { continue };
-        sas.verify_mac(key, &mac_info(them, us, transaction_id, key_id), &tag(mac)?)
-            .map_err(|_| anyhow::anyhow!("the MAC of {key_id} does not match: the verification failed"))?;
+        anyhow::ensure!(
+            method.verify(sas, key, &mac_info(them, us, transaction_id, key_id), mac),
+            "the MAC of {key_id} does not match: the verification failed"
+        );
         verified.push(key_id.clone());
     }
     let device_key = format!("ed25519:{}", them.1);
@@ -244,13 +314,13 @@ impl Client {
 mod tests {
     use super::*;
 
-    #[test]
-    fn two_sides_agree_on_the_emoji_and_check_each_others_macs() {
+    /// Both sides after the key exchange, with what they show.
+    fn established(start: &Value) -> (EstablishedSas, EstablishedSas, MacMethod) {
         let (alice, bob) = (Sas::new(), Sas::new());
         let (alice_key, bob_key) = (alice.public_key(), bob.public_key());
-        let start = start_content("ALICEDEV", "txn1");
-        let accept = accept_content(&start, "txn1", &bob_key).unwrap();
-        assert_eq!(accept["commitment"], commitment(&bob_key, &start).unwrap());
+        let (accept, method) = accept_content(start, "txn1", &bob_key).unwrap();
+        assert_eq!(accept["commitment"], commitment(&bob_key, start).unwrap());
+        assert_eq!(check_accept(&accept).unwrap(), method);
         let alice = alice.diffie_hellman(bob_key).unwrap();
         let bob = bob.diffie_hellman(alice_key).unwrap();
         let parties = Parties {
@@ -264,16 +334,53 @@ mod tests {
         assert_eq!(decimals_a, decimals_b);
         assert_eq!(emoji_a.len(), 7);
         assert!(decimals_a.iter().all(|d| (1000..=9191).contains(d)));
+        (alice, bob, method)
+    }
+
+    const ALICE: (&str, &str) = ("@alice:x", "ALICEDEV");
+    const BOB: (&str, &str) = ("@bob:x", "BOBDEV");
+
+    #[test]
+    fn two_sides_agree_on_the_emoji_and_check_each_others_macs() {
+        let start = start_content("ALICEDEV", "txn1");
+        let (alice, bob, method) = established(&start);
+        assert_eq!(method, MacMethod::V2, "v2 whenever both speak it");
 
         let bob_keys = [("ed25519:BOBDEV".to_owned(), "Ym9iJ3Mga2V5".to_owned())];
-        let mac = mac_content(&bob, ("@bob:x", "BOBDEV"), ("@alice:x", "ALICEDEV"), "txn1", &bob_keys);
-        let verified =
-            check_mac(&alice, &mac, ("@alice:x", "ALICEDEV"), ("@bob:x", "BOBDEV"), "txn1", &bob_keys).unwrap();
+        let mac = mac_content(&bob, method, BOB, ALICE, "txn1", &bob_keys);
+        let verified = check_mac(&alice, method, &mac, ALICE, BOB, "txn1", &bob_keys).unwrap();
         assert_eq!(verified, ["ed25519:BOBDEV"]);
         // A different key under the same ID (a man in the middle) fails.
         let other = [("ed25519:BOBDEV".to_owned(), "bWFsbG9yeQ".to_owned())];
-        assert!(check_mac(&alice, &mac, ("@alice:x", "ALICEDEV"), ("@bob:x", "BOBDEV"), "txn1", &other).is_err());
+        assert!(check_mac(&alice, method, &mac, ALICE, BOB, "txn1", &other).is_err());
+        // So does the same MAC read with the other encoding.
+        assert!(check_mac(&alice, MacMethod::Libolm, &mac, ALICE, BOB, "txn1", &bob_keys).is_err());
         // A refused start: no SAS.
-        assert!(accept_content(&json!({ "method": "m.reciprocate.v1" }), "t", &bob_key).is_err());
+        assert!(accept_content(&json!({ "method": "m.reciprocate.v1" }), "t", &Sas::new().public_key()).is_err());
+    }
+
+    #[test]
+    fn a_libolm_era_client_gets_its_own_mac_encoding() {
+        let mut start = start_content("ALICEDEV", "txn1");
+        start["message_authentication_codes"] = json!(["hkdf-hmac-sha256"]);
+        let (alice, bob, method) = established(&start);
+        assert_eq!(method, MacMethod::Libolm);
+
+        let bob_keys = [("ed25519:BOBDEV".to_owned(), "Ym9iJ3Mga2V5".to_owned())];
+        let mac = mac_content(&bob, method, BOB, ALICE, "txn1", &bob_keys);
+        let garbled = bob.calculate_mac_invalid_base64("Ym9iJ3Mga2V5", &mac_info(BOB, ALICE, "txn1", "ed25519:BOBDEV"));
+        assert_eq!(mac["mac"]["ed25519:BOBDEV"], garbled.as_str(), "exactly what libolm sends");
+        let correct = bob.calculate_mac("Ym9iJ3Mga2V5", &mac_info(BOB, ALICE, "txn1", "ed25519:BOBDEV")).to_base64();
+        assert_ne!(garbled, correct);
+        assert_eq!(check_mac(&alice, method, &mac, ALICE, BOB, "txn1", &bob_keys).unwrap(), ["ed25519:BOBDEV"]);
+        assert!(check_mac(&alice, MacMethod::V2, &mac, ALICE, BOB, "txn1", &bob_keys).is_err());
+
+        // Nothing we speak: refused.
+        start["message_authentication_codes"] = json!(["hmac-sha256"]);
+        assert!(accept_content(&start, "t", &Sas::new().public_key()).is_err());
+        // An accept choosing what we did not offer: refused.
+        let (mut accept, _) = accept_content(&start_content("A", "t"), "t", &Sas::new().public_key()).unwrap();
+        accept["message_authentication_code"] = json!("hmac-sha256");
+        assert!(check_accept(&accept).is_err());
     }
 }
