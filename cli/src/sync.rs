@@ -10,8 +10,12 @@ use crate::client::Client;
 
 const SYNC_TOKEN: &str = "sync_token";
 const LISTEN_CURSOR: &str = "listen_cursor";
-/// The inbox marker of events the server left out of a sync (a `limited` timeline).
+/// The inbox marker of events the server left out of a sync (a `limited` timeline) and that
+/// could not be fetched back.
 pub const GAP: &str = "org.myelin.gap";
+/// At most this many left-out events are fetched back per room and sync; `listen` marks the
+/// rest as a gap instead of stalling on a room that was very busy while we were away.
+const BACKFILL_LIMIT: usize = 500;
 
 /// What one sync brought.
 #[derive(Default)]
@@ -71,7 +75,6 @@ impl Client {
         if self.since().await?.as_deref() != since {
             return Ok(Synced::default());
         }
-        let incremental = since.is_some();
         let mut synced = Synced::default();
         for event in response["to_device"]["events"].as_array().into_iter().flatten() {
             self.receive_to_device(event, &mut synced).await?;
@@ -90,11 +93,19 @@ impl Client {
             synced.invites.extend(invites.keys().cloned());
         }
         // An initial sync's timeline is history, not news: only incremental syncs fill the inbox.
-        if incremental && let Some(rooms) = response["rooms"]["join"].as_object() {
+        if let Some(since) = since
+            && let Some(rooms) = response["rooms"]["join"].as_object()
+        {
             for (room_id, room) in rooms {
-                // The server skipped events since the last sync: say so where they would be.
-                let gap = (room["timeline"]["limited"] == true).then(|| json!({ "type": GAP, "content": {} }));
-                for event in gap.iter().chain(room["timeline"]["events"].as_array().into_iter().flatten()) {
+                let timeline = &room["timeline"];
+                // The server left events out since the last sync: fetch them back.
+                let missed = match timeline["prev_batch"].as_str() {
+                    Some(prev_batch) if timeline["limited"] == true => {
+                        self.missed_events(room_id, prev_batch, since).await
+                    }
+                    _ => Vec::new(),
+                };
+                for event in missed.iter().chain(timeline["events"].as_array().into_iter().flatten()) {
                     sqlx::query("INSERT INTO inbox (room_id, event) VALUES ($1, $2)")
                         .bind(room_id)
                         .bind(self.store.cipher.seal_json(event)?)
@@ -108,6 +119,45 @@ impl Client {
         // to-device messages once we sync with this token.
         self.store.set(SYNC_TOKEN, next).await?;
         Ok(synced)
+    }
+
+    /// The events of a `limited` timeline's gap (between `since` and `prev_batch`), oldest
+    /// first, paged back with `/messages`; ends with a gap marker where some stay missing.
+    async fn missed_events(&self, room_id: &str, prev_batch: &str, since: &str) -> Vec<Value> {
+        let gap = json!({ "type": GAP, "content": {} });
+        let mut missed = Vec::new();
+        let mut from = prev_batch.to_owned();
+        loop {
+            let query = [
+                ("dir", "b".to_owned()),
+                ("from", from.clone()),
+                ("to", since.to_owned()),
+                ("limit", "100".to_owned()),
+            ];
+            let page: Value = match self.api.get(&["rooms", room_id, "messages"], &query).await {
+                Ok(page) => page,
+                // Not worth failing the sync over: the gap is marked instead.
+                Err(err) => {
+                    eprintln!("myelin: could not fetch the events missed in {room_id}: {err:#}");
+                    missed.push(gap);
+                    break;
+                }
+            };
+            let chunk = page["chunk"].as_array().cloned().unwrap_or_default();
+            let end = page["end"].as_str().filter(|end| *end != from).map(str::to_owned);
+            let exhausted = chunk.is_empty() || end.is_none();
+            missed.extend(chunk);
+            if exhausted {
+                break;
+            }
+            if missed.len() >= BACKFILL_LIMIT {
+                missed.push(gap);
+                break;
+            }
+            from = end.unwrap_or_default();
+        }
+        missed.reverse();
+        missed
     }
 
     async fn receive_to_device(&mut self, event: &Value, synced: &mut Synced) -> anyhow::Result<()> {

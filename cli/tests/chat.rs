@@ -62,6 +62,41 @@ impl Person {
             .unwrap()
     }
 
+    /// Starts a long-running command (`listen --follow`) whose JSON lines the test reads.
+    fn spawn(&self, args: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_myelin"))
+            .args(args)
+            .arg("--json")
+            .env("MYELIN_HOME", self.home.path())
+            .env("MYELIN_KEYRING", self.keyring)
+            .env("MYELIN_PASSPHRASE", "local store passphrase")
+            .env_remove("MYELIN_PROFILE")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start myelin")
+    }
+
+    /// An access token of another login of this account, for what the CLI has no command for.
+    async fn raw_token(&self, server: &TestServer) -> String {
+        let login: Value = reqwest::Client::new()
+            .post(format!("{}/_matrix/client/v3/login", server.base_url))
+            .json(&serde_json::json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": self.user_id },
+                "password": PASSWORD,
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        login["access_token"].as_str().unwrap().to_owned()
+    }
+
     /// Runs a command that must succeed and returns its JSON output.
     async fn ok(&self, args: &[&str]) -> Value {
         self.ok_with_stdin(args, None).await
@@ -395,5 +430,154 @@ async fn two_users_verify_each_other_with_emoji() {
     assert_eq!(seen["identity"]["master_key"], new_master);
     assert_eq!(seen["identity"]["verified"], false);
     assert!(seen["identity"]["changed_from"].is_string(), "{seen:#}");
+    server.stop().await;
+}
+
+/// Sets a room's `m.room.encryption` content, as a room admin on another client would.
+async fn set_encryption(server: &TestServer, token: &str, room: &str, content: Value) {
+    let response = reqwest::Client::new()
+        .put(format!("{}/_matrix/client/v3/rooms/{room}/state/m.room.encryption/", server.base_url))
+        .bearer_auth(token)
+        .json(&content)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_keys_rotate_as_the_room_says() {
+    let mut server = TestServer::start(TestBackend::Sqlite).await;
+    let ivan = Person::register(&server, "ivan", "file").await;
+    let judy = Person::register(&server, "judy", "file").await;
+    let room = ivan.ok(&["rooms", "create", "Rotating", "--invite", &judy.user_id]).await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    judy.ok(&["join", &room]).await;
+    let token = ivan.raw_token(&server).await;
+    let megolm = "m.megolm.v1.aes-sha2";
+
+    // A new session every two messages.
+    set_encryption(&server, &token, &room, serde_json::json!({ "algorithm": megolm, "rotation_period_msgs": 2 })).await;
+    for n in 1..=5 {
+        ivan.ok(&["send", &room, &format!("counted {n}")]).await;
+    }
+    let seen = judy.history(&room).await;
+    let session = |body: &str| message(&seen, body)["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(session("counted 1"), session("counted 2"));
+    assert_ne!(session("counted 2"), session("counted 3"));
+    assert_eq!(session("counted 3"), session("counted 4"));
+    assert_ne!(session("counted 4"), session("counted 5"));
+    assert_ne!(session("counted 1"), session("counted 5"));
+
+    // A new session once the period is over.
+    let period = serde_json::json!({ "algorithm": megolm, "rotation_period_ms": 2000, "rotation_period_msgs": 100 });
+    set_encryption(&server, &token, &room, period).await;
+    ivan.ok(&["send", &room, "timed 1"]).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ivan.ok(&["send", &room, "timed 2"]).await;
+    let seen = judy.history(&room).await;
+    let session = |body: &str| message(&seen, body)["session_id"].as_str().unwrap().to_owned();
+    assert_ne!(session("timed 1"), session("timed 2"));
+    assert!(seen.iter().all(|m| m["error"].is_null()), "judy reads every message: {seen:#?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_prints_late_keys_and_missed_events() {
+    use tokio::io::AsyncBufReadExt;
+
+    let mut server = TestServer::start(TestBackend::Sqlite).await;
+    let kate = Person::register(&server, "kate", "file").await;
+    let liam = Person::register(&server, "liam", "file").await;
+    let room = kate.ok(&["rooms", "create", "Late"]).await["room_id"].as_str().unwrap().to_owned();
+    assert!(liam.run(&["listen"], None).await.status.success());
+
+    // Sent before liam was invited: its key went to nobody but kate.
+    kate.ok(&["send", &room, "before liam"]).await;
+    kate.ok(&["invite", &room, &liam.user_id]).await;
+    let mut follow = liam.spawn(&["listen", "--follow"]);
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    liam.ok(&["join", &room]).await;
+    let mut next_with = async |body_or_waiting: &dyn Fn(&Value) -> bool| loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("listen printed in time")
+            .unwrap()
+            .expect("listen still runs");
+        let message: Value = serde_json::from_str(&line).unwrap();
+        if body_or_waiting(&message) {
+            return message;
+        }
+    };
+    let waiting = next_with(&|m| m["waiting_for_key"] == true).await;
+    assert_eq!(waiting["sender"], kate.user_id.as_str());
+
+    // The key comes by file, imported by another process: the running listen prints the message.
+    let keys = kate.home.path().join("keys.txt");
+    kate.ok(&["keys", "export", keys.to_str().unwrap(), "--passphrase", "p4ss"]).await;
+    liam.ok(&["keys", "import", keys.to_str().unwrap(), "--passphrase", "p4ss"]).await;
+    let decrypted = next_with(&|m| m["content"]["body"].is_string()).await;
+    assert_eq!(decrypted["content"]["body"], "before liam");
+    assert_eq!(decrypted["event_id"], waiting["event_id"]);
+    follow.kill().await.unwrap();
+
+    // More messages than one sync's timeline holds, while liam is away: listen shows them all.
+    let typed: String = (1..=70).map(|n| format!("busy {n}\n")).collect();
+    let chatted = kate.run(&["chat", &room], Some(&typed)).await;
+    assert!(chatted.status.success(), "{}", String::from_utf8_lossy(&chatted.stderr));
+    let listened = liam.run(&["listen"], None).await;
+    assert!(listened.status.success(), "{}", String::from_utf8_lossy(&listened.stderr));
+    let printed: Vec<Value> =
+        String::from_utf8_lossy(&listened.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let expected: Vec<String> = (1..=70).map(|n| format!("busy {n}")).collect();
+    assert_eq!(bodies(&printed), expected);
+    assert!(printed.iter().all(|m| m["type"] != "org.myelin.gap"), "nothing is missing");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_borrowed_ciphertexts_are_rejected() {
+    let mut server = TestServer::start(TestBackend::Sqlite).await;
+    let mia = Person::register(&server, "mia", "file").await;
+    let ned = Person::register(&server, "ned", "file").await;
+    let room =
+        mia.ok(&["rooms", "create", "Ledger", "--invite", &ned.user_id]).await["room_id"].as_str().unwrap().to_owned();
+    ned.ok(&["join", &room]).await;
+    let event_id = mia.ok(&["send", &room, "pay ned 5"]).await["event_id"].as_str().unwrap().to_owned();
+
+    // The same ciphertext sent again, once by mia's account (a replay) and once by ned's (a
+    // message passed off as his with mia's key), straight through the API.
+    let http = reqwest::Client::new();
+    let (mia_token, ned_token) = (mia.raw_token(&server).await, ned.raw_token(&server).await);
+    let original: Value = http
+        .get(format!("{}/_matrix/client/v3/rooms/{room}/event/{event_id}", server.base_url))
+        .bearer_auth(&ned_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (token, txn) in [(&mia_token, "replay"), (&ned_token, "borrowed")] {
+        let response = http
+            .put(format!("{}/_matrix/client/v3/rooms/{room}/send/m.room.encrypted/{txn}", server.base_url))
+            .bearer_auth(token)
+            .json(&original["content"])
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    let seen = ned.history(&room).await;
+    let encrypted: Vec<&Value> =
+        seen.iter().filter(|m| m["type"] == "m.room.encrypted" || m["encrypted"] == true).collect();
+    assert_eq!(bodies(&seen), ["pay ned 5"], "only the original decrypts: {seen:#?}");
+    let errors: Vec<&str> = encrypted.iter().filter_map(|m| m["error"].as_str()).collect();
+    assert_eq!(errors.len(), 2, "{encrypted:#?}");
+    assert!(errors.iter().any(|e| e.contains("replay")), "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("another user")), "{errors:?}");
+    assert!(encrypted.iter().all(|m| m["waiting_for_key"] != true), "rejected, not waiting: {encrypted:#?}");
     server.stop().await;
 }

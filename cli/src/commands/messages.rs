@@ -164,7 +164,9 @@ pub async fn listen(client: &mut Client, json: bool, room: Option<&str>, follow:
         if !follow {
             return Ok(());
         }
-        timeout = 30_000;
+        // While messages wait for keys, sync more often: a key imported by another process
+        // arrives without a sync to wake us.
+        timeout = if waiting.is_empty() { 30_000 } else { 3_000 };
     }
 }
 
