@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod federation;
 pub mod http;
 pub mod media;
 pub mod uia;

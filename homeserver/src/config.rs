@@ -37,6 +37,8 @@ pub struct Config {
     pub media: Media,
     /// What `/.well-known/matrix/server` delegates federation to.
     pub well_known: WellKnown,
+    /// The Server-Server API: talking to other homeservers.
+    pub federation: Federation,
     /// The log filter, in `tracing_subscriber::EnvFilter` syntax (`RUST_LOG` wins when set).
     pub log: String,
     /// Server administrators (full user IDs): they may use the `/_myelin/admin` endpoints.
@@ -49,6 +51,31 @@ pub struct Config {
 pub struct Listen {
     /// Address and port of the Client-Server API listener.
     pub client: SocketAddr,
+    /// Address and port of the federation (Server-Server API) listener, served over TLS when
+    /// `federation.enabled`.
+    pub federation: SocketAddr,
+}
+
+/// The Server-Server API.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Federation {
+    /// Whether this server talks to other homeservers (and listens on `listen.federation`).
+    pub enabled: bool,
+    /// The federation listener's certificate chain (PEM). Required when enabled.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM). Required when enabled.
+    pub tls_key: Option<PathBuf>,
+    /// An extra CA certificate (PEM) trusted for other servers' certificates, besides the
+    /// usual web roots: for tests and private deployments.
+    pub trusted_ca: Option<PathBuf>,
+    /// Accepts any certificate from other servers. For development only: it lets anyone on
+    /// the network impersonate any server.
+    pub allow_invalid_certificates: bool,
+    /// Allows outbound requests to loopback, private and link-local addresses. Off, a server
+    /// name that resolves there is refused, so that other servers cannot make this one probe
+    /// its own network.
+    pub allow_private_addresses: bool,
 }
 
 /// The media repository.
@@ -158,6 +185,7 @@ impl Default for Config {
             limits: Limits::default(),
             media: Media::default(),
             well_known: WellKnown::default(),
+            federation: Federation::default(),
             log: "info,poem=warn,ruma_state_res=warn".to_owned(),
             admins: Vec::new(),
         }
@@ -166,7 +194,7 @@ impl Default for Config {
 
 impl Default for Listen {
     fn default() -> Self {
-        Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)) }
+        Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)), federation: SocketAddr::from(([0, 0, 0, 0], 8448)) }
     }
 }
 
@@ -285,6 +313,24 @@ impl Config {
             if ruma_common::UserId::parse(admin).is_err() {
                 return invalid("admins", format!("{admin:?} is not a user ID"));
             }
+        }
+        if self.federation.enabled {
+            for (key, path) in
+                [("federation.tls_cert", &self.federation.tls_cert), ("federation.tls_key", &self.federation.tls_key)]
+            {
+                match path {
+                    None => return invalid(key, "federation is enabled: a PEM file is required".to_owned()),
+                    Some(path) if !path.is_file() => {
+                        return invalid(key, format!("{} is not a readable file", path.display()));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if let Some(path) = &self.federation.trusted_ca
+            && !path.is_file()
+        {
+            return invalid("federation.trusted_ca", format!("{} is not a readable file", path.display()));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return invalid("log", e.to_string());

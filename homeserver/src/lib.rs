@@ -20,6 +20,7 @@ pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod e2ee;
+pub mod federation;
 pub mod media;
 pub mod rate_limit;
 pub mod rooms;
@@ -32,7 +33,7 @@ pub mod test_support;
 use std::future::Future;
 use std::time::Duration;
 
-use poem::listener::TcpAcceptor;
+use poem::listener::{AcceptorExt, TcpAcceptor};
 
 pub use config::Config;
 
@@ -66,6 +67,18 @@ pub enum RunError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// Federation could not be set up (TLS files, CA file).
+    #[error(transparent)]
+    Federation(#[from] federation::FederationError),
+}
+
+/// The sockets a server answers on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The Client-Server API (plain HTTP; TLS is a reverse proxy's job).
+    pub client: tokio::net::TcpListener,
+    /// The Server-Server API (TLS), when federation is enabled.
+    pub federation: Option<tokio::net::TcpListener>,
 }
 
 /// Runs the homeserver on an already-bound listener until `shutdown` completes, then lets
@@ -75,14 +88,27 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    serve(config, Listeners { client: listener, federation: None }, shutdown).await
+}
+
+/// Like [`run`], with a federation listener too.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
     let data_dir_error = |source| RunError::DataDir { path: config.data_dir.display().to_string(), source };
     std::fs::create_dir_all(&config.data_dir).map_err(data_dir_error)?;
     let media =
         media::MediaStore::open(config.media.store.as_deref(), &config.media.store_options, &config.media_dir())?;
     let signing_key = SigningKey::load_or_generate(&config.data_dir.join("signing.key"))?;
+    let federation_tls = match (&listeners.federation, config.federation.enabled) {
+        (Some(_), true) => Some(federation_tls(&config.federation)?),
+        _ => None,
+    };
     let storage = Storage::connect(&config.database_url(), config.database_connections()).await?;
 
-    let address = listener.local_addr()?;
+    let address = listeners.client.local_addr()?;
     let data_dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     tracing::info!(
         "myelin listening on http://{address} for server name {} (database: {:?}, data: {})",
@@ -92,10 +118,59 @@ pub async fn run(
     );
 
     let position = storage.max_stream_ordering().await?;
-    let state = AppState::new(config, storage.clone(), signing_key, media, position);
-    let server = poem::Server::new_with_acceptor(TcpAcceptor::from_tokio(listener)?);
-    let result = server.run_with_graceful_shutdown(api::app(state), shutdown, Some(SHUTDOWN_GRACE)).await;
+    let state = match AppState::new(config, storage.clone(), signing_key, media, position) {
+        Ok(state) => state,
+        Err(err) => {
+            storage.close().await;
+            return Err(err.into());
+        }
+    };
+    // One shutdown signal for both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopping = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let federation = match (listeners.federation, federation_tls) {
+        (Some(listener), Some(tls)) => {
+            tracing::info!("federation listening on https://{}", listener.local_addr()?);
+            let acceptor = TcpAcceptor::from_tokio(listener)?.rustls(futures_util::stream::iter([tls]));
+            let server = poem::Server::new_with_acceptor(acceptor);
+            let app = api::federation::app(state.clone());
+            let stopped = stopping(stopped.clone());
+            Some(tokio::spawn(
+                async move { server.run_with_graceful_shutdown(app, stopped, Some(SHUTDOWN_GRACE)).await },
+            ))
+        }
+        _ => None,
+    };
+    let server = poem::Server::new_with_acceptor(TcpAcceptor::from_tokio(listeners.client)?);
+    let client = server.run_with_graceful_shutdown(api::app(state), stopping(stopped), Some(SHUTDOWN_GRACE));
+    let signal = async {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let (result, ()) = tokio::join!(client, signal);
+    let federation_result = match federation {
+        Some(task) => task.await.unwrap_or_else(|err| Err(std::io::Error::other(err))),
+        None => Ok(()),
+    };
     storage.close().await;
     tracing::info!("myelin stopped");
-    Ok(result?)
+    result?;
+    Ok(federation_result?)
+}
+
+/// The federation listener's certificate and key, read once at start-up.
+fn federation_tls(config: &config::Federation) -> Result<poem::listener::RustlsConfig, RunError> {
+    let read = |key: &str, path: &Option<std::path::PathBuf>| -> Result<Vec<u8>, RunError> {
+        let path = path.as_ref().ok_or_else(|| {
+            federation::FederationError::Setup(format!("federation.{key} is required when federation is enabled"))
+        })?;
+        std::fs::read(path)
+            .map_err(|e| federation::FederationError::Setup(format!("federation.{key} {}: {e}", path.display())).into())
+    };
+    let certificate = poem::listener::RustlsCertificate::new()
+        .cert(read("tls_cert", &config.tls_cert)?)
+        .key(read("tls_key", &config.tls_key)?);
+    Ok(poem::listener::RustlsConfig::new().fallback(certificate))
 }

@@ -69,10 +69,21 @@ fn start(cli: Cli) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen.client)
+        let client = tokio::net::TcpListener::bind(config.listen.client)
             .await
             .with_context(|| format!("cannot listen on {} (listen.client)", config.listen.client))?;
-        myelin_homeserver::run(config, listener, shutdown_signal()).await?;
+        let federation = if config.federation.enabled {
+            let address = config.listen.federation;
+            Some(
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} (listen.federation)"))?,
+            )
+        } else {
+            None
+        };
+        let listeners = myelin_homeserver::Listeners { client, federation };
+        myelin_homeserver::serve(config, listeners, shutdown_signal()).await?;
         anyhow::Ok(())
     })
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::crypto::SigningKey;
+use crate::federation::{FederationClient, FederationError};
 use crate::media::MediaStore;
 use crate::rate_limit::Limiters;
 use crate::rooms::timeline::Writer;
@@ -34,6 +35,8 @@ pub struct Inner {
     pub media_uploaded: tokio::sync::Notify,
     /// The memory thumbnailing may hold at once, in MiB: decoding images is memory-heavy.
     pub thumbnail_memory: tokio::sync::Semaphore,
+    /// Requests to other servers; `None` when federation is disabled.
+    pub federation_client: Option<FederationClient>,
 }
 
 impl AppState {
@@ -44,12 +47,14 @@ impl AppState {
         signing_key: SigningKey,
         media: MediaStore,
         stream_position: i64,
-    ) -> Self {
+    ) -> Result<Self, FederationError> {
         let limits = Limiters::new(&config.rate_limits);
         let notifier = Arc::new(tokio::sync::watch::Sender::new(stream_position));
         let signing_key = Arc::new(signing_key);
+        let federation_client =
+            config.federation.enabled.then(|| FederationClient::new(&config, signing_key.clone())).transpose()?;
         let writer = Writer::start(storage.clone(), signing_key.clone(), notifier.clone());
-        Self(Arc::new(Inner {
+        Ok(Self(Arc::new(Inner {
             config,
             storage,
             signing_key,
@@ -59,11 +64,17 @@ impl AppState {
             media,
             media_uploaded: tokio::sync::Notify::new(),
             thumbnail_memory: tokio::sync::Semaphore::new(crate::api::media::THUMBNAIL_MEMORY_MIB as usize),
-        }))
+            federation_client,
+        })))
     }
 }
 
 impl AppState {
+    /// The federation client, or [`FederationError::Disabled`].
+    pub fn federation(&self) -> Result<&FederationClient, FederationError> {
+        self.federation_client.as_ref().ok_or(FederationError::Disabled)
+    }
+
     /// Wakes waiting syncs after a change committed at stream `position`.
     pub fn notify(&self, position: i64) {
         notify(&self.notifier, position);

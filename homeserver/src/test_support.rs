@@ -166,10 +166,22 @@ impl TestServer {
 
     /// Like [`TestServer::start`], letting `configure` change the configuration first.
     pub async fn start_with(backend: TestBackend, configure: impl FnOnce(&mut crate::Config)) -> Self {
+        Self::start_federated(backend, None, configure).await
+    }
+
+    /// Like [`TestServer::start_with`], also serving federation on `federation` (whose port
+    /// then makes the server name `localhost:PORT`; `configure` must enable federation and
+    /// give it certificates).
+    pub async fn start_federated(
+        backend: TestBackend,
+        federation: Option<tokio::net::TcpListener>,
+        configure: impl FnOnce(&mut crate::Config),
+    ) -> Self {
         let database = std::sync::Arc::new(TestDatabase::create(backend).await);
         let data_dir = std::sync::Arc::new(tempfile::tempdir().expect("temporary directory"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("local address").port();
+        let named_by = federation.as_ref().unwrap_or(&listener);
+        let port = named_by.local_addr().expect("local address").port();
         let mut config = crate::Config {
             server_name: format!("localhost:{port}"),
             data_dir: data_dir.path().to_owned(),
@@ -178,20 +190,23 @@ impl TestServer {
         config.database.url = Some(database.url.clone());
         config.database.max_connections = Some(4);
         config.rate_limits.enabled = false;
+        if let Some(federation) = &federation {
+            config.listen.federation = federation.local_addr().expect("local address");
+        }
         configure(&mut config);
         config.validate().expect("valid test configuration");
-        Self::spawn(config, listener, data_dir, database)
+        Self::spawn(config, crate::Listeners { client: listener, federation }, data_dir, database)
     }
 
     fn spawn(
         config: crate::Config,
-        listener: tokio::net::TcpListener,
+        listeners: crate::Listeners,
         data_dir: std::sync::Arc<tempfile::TempDir>,
         database: std::sync::Arc<TestDatabase>,
     ) -> Self {
-        let base_url = format!("http://{}", listener.local_addr().expect("local address"));
+        let base_url = format!("http://{}", listeners.client.local_addr().expect("local address"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(crate::run(config.clone(), listener, async {
+        let task = tokio::spawn(crate::serve(config.clone(), listeners, async {
             let _ = rx.await;
         }));
         Self { base_url, config, shutdown: Some(tx), task: Some(task), data_dir, database }
@@ -216,8 +231,15 @@ impl TestServer {
     /// data directory and database.
     pub async fn restart(mut self) -> Self {
         self.stop().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        Self::spawn(self.config.clone(), listener, self.data_dir.clone(), self.database.clone())
+        let client = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // The federation port is part of the server name: the same one again.
+        let federation = if self.config.federation.enabled {
+            Some(tokio::net::TcpListener::bind(self.config.listen.federation).await.expect("bind the federation port"))
+        } else {
+            None
+        };
+        let listeners = crate::Listeners { client, federation };
+        Self::spawn(self.config.clone(), listeners, self.data_dir.clone(), self.database.clone())
     }
 }
 

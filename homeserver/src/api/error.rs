@@ -75,6 +75,39 @@ pub enum ErrCode {
 }
 
 impl ErrCode {
+    const ALL: [ErrCode; 25] = [
+        Self::BadJson,
+        Self::CannotOverwriteMedia,
+        Self::Forbidden,
+        Self::GuestAccessForbidden,
+        Self::InvalidParam,
+        Self::InvalidRoomState,
+        Self::InvalidSignature,
+        Self::InvalidUsername,
+        Self::KeyTooLarge,
+        Self::LimitExceeded,
+        Self::MissingParam,
+        Self::MissingToken,
+        Self::NotFound,
+        Self::NotJson,
+        Self::NotYetUploaded,
+        Self::ProfileTooLarge,
+        Self::RoomInUse,
+        Self::TooLarge,
+        Self::Unauthorized,
+        Self::Unknown,
+        Self::UnknownToken,
+        Self::Unrecognized,
+        Self::UnsupportedRoomVersion,
+        Self::UserInUse,
+        Self::WrongRoomKeysVersion,
+    ];
+
+    /// The code a literal names, if it is one of ours (another server's answer, say).
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+
     /// The literal code.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -317,6 +350,36 @@ impl From<crate::e2ee::E2eeError> for MatrixError {
             }
             E2eeError::Forbidden(reason) => Self::forbidden(capitalize(&reason)),
             E2eeError::Storage(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::federation::FederationError> for MatrixError {
+    fn from(err: crate::federation::FederationError) -> Self {
+        use crate::federation::FederationError;
+        match err {
+            FederationError::Disabled => Self::forbidden("Federation is disabled on this server"),
+            FederationError::BadServerName(name) => {
+                Self::invalid_param(format!("Not a server to federate with: {name}"))
+            }
+            FederationError::Remote { server, status, body } => {
+                // The other server's answer, passed on where it speaks of the request itself.
+                let errcode = body["errcode"].as_str().and_then(ErrCode::parse).unwrap_or(ErrCode::Unknown);
+                let message = body["error"].as_str().unwrap_or("no reason given");
+                let status = match status {
+                    400 | 403 | 404 | 429 => StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                Self::new(errcode, status, format!("{server}: {message}"))
+            }
+            FederationError::Unreachable { .. } | FederationError::Invalid(_) => {
+                Self::new(ErrCode::Unknown, StatusCode::BAD_GATEWAY, capitalize(&err.to_string()))
+            }
+            FederationError::Setup(_) => {
+                tracing::error!(error = %err, "federation failure");
+                Self::internal()
+            }
+            FederationError::Storage(err) => err.into(),
         }
     }
 }

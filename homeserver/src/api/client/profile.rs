@@ -23,6 +23,25 @@ const MAX_PROFILE_BYTES: usize = 64 * 1024;
 /// The spec's limit on a profile key.
 const MAX_KEY_BYTES: usize = 255;
 
+/// The server of `user_id` when it is not this one.
+fn remote_server(state: &AppState, user_id: &str) -> Option<String> {
+    let user = ruma_common::UserId::parse(user_id).ok()?;
+    let server = user.server_name().as_str();
+    (server != state.config.server_name).then(|| server.to_owned())
+}
+
+/// Another server's user's profile (or one field of it), over federation.
+async fn remote_profile(state: &AppState, server: &str, user_id: &str, field: Option<&str>) -> ApiResult<Profile> {
+    let mut query = vec![("user_id", user_id)];
+    query.extend(field.map(|field| ("field", field)));
+    let query = serde_urlencoded::to_string(query).map_err(|_| MatrixError::internal())?;
+    let path = format!("/_matrix/federation/v1/query/profile?{query}");
+    let profile = state.federation()?.get(server, &path).await?;
+    serde_json::from_value(profile).map_err(|_| {
+        MatrixError::new(ErrCode::Unknown, StatusCode::BAD_GATEWAY, format!("{server} sent a malformed profile"))
+    })
+}
+
 /// Profile endpoints.
 #[derive(Default)]
 pub struct ProfileApi;
@@ -43,6 +62,9 @@ impl ProfileApi {
         #[oai(name = "userId")]
         user_id: Path<String>,
     ) -> ApiResult<Json<Profile>> {
+        if let Some(server) = remote_server(&state, &user_id) {
+            return Ok(Json(remote_profile(&state, &server, &user_id, None).await?));
+        }
         if !state.storage.user_exists(&user_id).await? {
             return Err(MatrixError::not_found("Profile not found"));
         }
@@ -64,7 +86,10 @@ impl ProfileApi {
         #[oai(name = "keyName")]
         key_name: Path<String>,
     ) -> ApiResult<Json<Profile>> {
-        let profile = state.storage.profile(&user_id).await?;
+        let profile = match remote_server(&state, &user_id) {
+            Some(server) => remote_profile(&state, &server, &user_id, Some(&key_name)).await?,
+            None => state.storage.profile(&user_id).await?,
+        };
         match profile.get(key_name.as_str()) {
             Some(value) => Ok(Json(BTreeMap::from([(key_name.0, value.clone())]))),
             None => Err(MatrixError::not_found("Profile field not found")),

@@ -1,0 +1,164 @@
+//! Helpers for tests that federate several Myelin homeservers: a test certificate authority,
+//! servers with federation switched on (each `localhost:<its federation port>`, with its own
+//! certificate signed by the test CA), and users talking to them over the Client-Server API.
+
+use std::path::PathBuf;
+
+use myelin_homeserver::test_support::{TestBackend, TestServer};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use serde_json::{Value, json};
+
+/// A certificate authority that every test server trusts (`federation.trusted_ca`).
+pub struct TestCa {
+    dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate (PEM).
+    pub cert_path: PathBuf,
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestCa {
+    /// A new CA in a temporary folder.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.distinguished_name.push(rcgen::DnType::CommonName, "Myelin test CA");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        let cert_path = dir.path().join("ca.pem");
+        std::fs::write(&cert_path, cert.pem()).expect("write the CA certificate");
+        Self { dir, issuer: Issuer::new(params, key), cert_path }
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1`: (certificate, key) PEM files.
+    pub fn leaf(&self, name: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("leaf parameters");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let cert_path = self.dir.path().join(format!("{name}.pem"));
+        let key_path = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write the certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write the key");
+        (cert_path, key_path)
+    }
+}
+
+/// Starts a homeserver with federation on: TLS with a certificate from `ca`, trusting `ca`,
+/// loopback addresses allowed (everything here runs on 127.0.0.1).
+pub async fn federated_server(ca: &TestCa, backend: TestBackend) -> TestServer {
+    federated_server_with(ca, backend, |_| {}).await
+}
+
+/// Like [`federated_server`], letting `configure` change the configuration last.
+pub async fn federated_server_with(
+    ca: &TestCa,
+    backend: TestBackend,
+    configure: impl FnOnce(&mut myelin_homeserver::Config),
+) -> TestServer {
+    // As the binary does first thing: one crypto provider for every TLS user in the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the federation port");
+    let port = listener.local_addr().expect("local address").port();
+    let (cert, key) = ca.leaf(&format!("server-{port}"));
+    TestServer::start_federated(backend, Some(listener), |config| {
+        config.federation.enabled = true;
+        config.federation.tls_cert = Some(cert);
+        config.federation.tls_key = Some(key);
+        config.federation.trusted_ca = Some(ca.cert_path.clone());
+        config.federation.allow_private_addresses = true;
+        configure(config);
+    })
+    .await
+}
+
+/// The federation base URL of a test server (`https://localhost:PORT`).
+pub fn federation_url(server: &TestServer) -> String {
+    format!("https://{}", server.config.server_name)
+}
+
+/// An HTTP client that trusts the test CA, for talking to federation listeners directly.
+pub fn https_client(ca: &TestCa) -> reqwest::Client {
+    let pem = std::fs::read(&ca.cert_path).expect("read the CA certificate");
+    reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).expect("the CA certificate"))
+        .build()
+        .expect("HTTP client")
+}
+
+/// A user of one of the servers, with an access token.
+pub struct User {
+    /// The full user ID.
+    pub user_id: String,
+    /// The client API base URL of their server.
+    pub base_url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl User {
+    /// Registers `name` on `server`.
+    pub async fn register(server: &TestServer, name: &str) -> Self {
+        let http = reqwest::Client::new();
+        let response: Value = http
+            .post(format!("{}/_matrix/client/v3/register", server.base_url))
+            .json(&json!({ "username": name, "password": "federation test password", "auth": { "type": "m.login.dummy" } }))
+            .send()
+            .await
+            .expect("register")
+            .json()
+            .await
+            .expect("register response");
+        Self {
+            user_id: response["user_id"].as_str().expect("user_id").to_owned(),
+            token: response["access_token"].as_str().expect("access_token").to_owned(),
+            base_url: server.base_url.clone(),
+            http,
+        }
+    }
+
+    /// A client API request; returns the status and the JSON body.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request =
+            self.http.request(method, format!("{}/_matrix/client/v3{path}", self.base_url)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("client API request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A GET that must succeed.
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// A PUT that must succeed.
+    pub async fn put(&self, path: &str, body: Value) -> Value {
+        let (status, body) = self.call(reqwest::Method::PUT, path, Some(body)).await;
+        assert_eq!(status, 200, "PUT {path}: {body}");
+        body
+    }
+}
+
+/// Percent-encodes one path segment (user and room IDs carry `@`, `:`, `!`, `#`).
+pub fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

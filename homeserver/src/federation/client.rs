@@ -1,0 +1,227 @@
+//! Outbound federation requests: discovery, TLS (web roots plus `federation.trusted_ca`),
+//! refusal of private addresses (SSRF protection), the `X-Matrix` signature, Matrix errors.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use ruma_common::CanonicalJsonValue;
+use serde_json::Value;
+
+use super::FederationError;
+use super::authorization::XMatrix;
+use super::discovery::{self, Discovery};
+use crate::config::Config;
+use crate::crypto::SigningKey;
+
+/// How long one request to another server may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest response body read from another server.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Makes signed requests to other homeservers.
+#[derive(Debug)]
+pub struct FederationClient {
+    http: reqwest::Client,
+    discovery: Discovery,
+    server_name: String,
+    key: Arc<SigningKey>,
+    allow_private: bool,
+}
+
+/// Resolves host names for outbound requests, refusing private addresses unless allowed, and
+/// sending SRV-delegated hosts to their targets.
+struct GuardedResolver {
+    allow_private: bool,
+    overrides: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = self.overrides.lock().expect("overrides").get(name.as_str()).cloned();
+        let host = host.unwrap_or_else(|| name.as_str().to_owned());
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> =
+                addresses.iter().copied().filter(|a| allow_private || discovery::is_public(a.ip())).collect();
+            if allowed.is_empty() {
+                let reason = if addresses.is_empty() {
+                    format!("{host} has no address")
+                } else {
+                    format!("{host} resolves only to private addresses (federation.allow_private_addresses is off)")
+                };
+                return Err(reason.into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+impl FederationClient {
+    /// Builds the client from the `federation` configuration.
+    pub fn new(config: &Config, key: Arc<SigningKey>) -> Result<Self, FederationError> {
+        let setup = |reason: String| FederationError::Setup(reason);
+        let discovery = Discovery::new();
+        let resolver = GuardedResolver {
+            allow_private: config.federation.allow_private_addresses,
+            overrides: discovery.connect_overrides.clone(),
+        };
+        let mut builder = reqwest::Client::builder()
+            .dns_resolver(Arc::new(resolver))
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(10))
+            .https_only(true)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .user_agent(concat!("Myelin/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.federation.trusted_ca {
+            let pem =
+                std::fs::read(path).map_err(|e| setup(format!("federation.trusted_ca {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| setup(format!("federation.trusted_ca {}: {e}", path.display())))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        if config.federation.allow_invalid_certificates {
+            tracing::warn!(
+                "federation.allow_invalid_certificates is ON: other servers' certificates are not checked, \
+                 so anyone on the network path can impersonate any server. Never use this in production."
+            );
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().map_err(|e| setup(format!("the federation HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            discovery,
+            server_name: config.server_name.clone(),
+            key,
+            allow_private: config.federation.allow_private_addresses,
+        })
+    }
+
+    /// Our server name (the `origin` of our requests).
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// A signed GET; `path` includes the query string, already percent-encoded.
+    pub async fn get(&self, destination: &str, path: &str) -> Result<Value, FederationError> {
+        self.request(Method::GET, destination, path, None, true).await
+    }
+
+    /// A signed POST with a JSON body.
+    pub async fn post(&self, destination: &str, path: &str, body: &Value) -> Result<Value, FederationError> {
+        self.request(Method::POST, destination, path, Some(body), true).await
+    }
+
+    /// A signed PUT with a JSON body.
+    pub async fn put(&self, destination: &str, path: &str, body: &Value) -> Result<Value, FederationError> {
+        self.request(Method::PUT, destination, path, Some(body), true).await
+    }
+
+    /// A GET without signature (the key endpoints take none: the other server may need our
+    /// keys to check a signature, and must not have to ask us back first).
+    pub async fn get_unsigned(&self, destination: &str, path: &str) -> Result<Value, FederationError> {
+        self.request(Method::GET, destination, path, None, false).await
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        destination: &str,
+        path: &str,
+        body: Option<&Value>,
+        signed: bool,
+    ) -> Result<Value, FederationError> {
+        if destination == self.server_name {
+            return Err(FederationError::BadServerName(format!("{destination} (that is this server)")));
+        }
+        let target = self.discovery.resolve(destination, |host| self.well_known(host)).await?;
+        let unreachable = |reason: String| FederationError::Unreachable { server: destination.to_owned(), reason };
+        self.check_literal(&target.base_url).map_err(unreachable)?;
+        let url = format!("{}{path}", target.base_url);
+        let mut request = self.http.request(method.clone(), &url).header(reqwest::header::HOST, &target.host_header);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if signed {
+            let content = body
+                .map(|b| CanonicalJsonValue::try_from(b.clone()))
+                .transpose()
+                .map_err(|e| FederationError::Invalid(format!("a request body that is not canonical JSON: {e}")))?;
+            let header =
+                XMatrix::sign(&self.key, &self.server_name, destination, method.as_str(), path, content.as_ref())
+                    .map_err(FederationError::Invalid)?;
+            request = request.header(reqwest::header::AUTHORIZATION, header.to_header());
+        }
+        let response = request.send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let status = response.status();
+        let bytes = read_limited(response).await.map_err(unreachable)?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            FederationError::Invalid(format!(
+                "{destination} answered {path} with something that is not JSON (HTTP {status})"
+            ))
+        })?;
+        if !status.is_success() {
+            return Err(FederationError::Remote {
+                server: destination.to_owned(),
+                status: status.as_u16(),
+                body: value,
+            });
+        }
+        Ok(value)
+    }
+
+    /// `/.well-known/matrix/server` of `host`: the delegated name and how long to trust it.
+    async fn well_known(&self, host: String) -> Option<(String, Option<Duration>)> {
+        let url = format!("https://{host}/.well-known/matrix/server");
+        let response = self.http.get(&url).timeout(Duration::from_secs(10)).send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let ttl = discovery::well_known_ttl(
+            response.headers().get(reqwest::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()),
+        );
+        let body = read_limited(response).await.ok()?;
+        discovery::parse_well_known(&body).map(|name| (name, ttl))
+    }
+
+    /// IP literals never reach the resolver: check them here.
+    fn check_literal(&self, base_url: &str) -> Result<(), String> {
+        let Ok(url) = reqwest::Url::parse(base_url) else { return Err(format!("a bad URL {base_url}")) };
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+            _ => return Ok(()),
+        };
+        if self.allow_private || discovery::is_public(ip) {
+            Ok(())
+        } else {
+            Err(format!("{ip} is a private address (federation.allow_private_addresses is off)"))
+        }
+    }
+}
+
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err("the response is too large".into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A reqwest error with its causes: "error sending request" alone says nothing.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
