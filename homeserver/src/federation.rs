@@ -4,6 +4,7 @@
 pub mod authorization;
 pub mod client;
 pub mod discovery;
+pub mod e2ee;
 pub mod keys;
 
 pub use client::FederationClient;

@@ -133,7 +133,8 @@ pub async fn serve(
     let federation = match (listeners.federation, federation_tls) {
         (Some(listener), Some(tls)) => {
             tracing::info!("federation listening on https://{}", listener.local_addr()?);
-            let acceptor = TcpAcceptor::from_tokio(listener)?.rustls(futures_util::stream::iter([tls]));
+            let tcp = ConfigFirst { inner: TcpAcceptor::from_tokio(listener)?, started: false };
+            let acceptor = tcp.rustls(futures_util::stream::iter([tls]));
             let server = poem::Server::new_with_acceptor(acceptor);
             let app = api::federation::app(state.clone());
             let stopped = stopping(stopped.clone());
@@ -158,6 +159,33 @@ pub async fn serve(
     tracing::info!("myelin stopped");
     result?;
     Ok(federation_result?)
+}
+
+/// Holds back the very first `accept` for one scheduler turn. poem's TLS acceptor races its
+/// configuration stream against incoming connections and drops a connection that wins before
+/// the certificate is loaded; a peer connecting while we start (its connection already queued on
+/// the bound socket) would see a reset.
+struct ConfigFirst<A> {
+    inner: A,
+    started: bool,
+}
+
+impl<A: poem::listener::Acceptor> poem::listener::Acceptor for ConfigFirst<A> {
+    type Io = A::Io;
+
+    fn local_addr(&self) -> Vec<poem::web::LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(
+        &mut self,
+    ) -> std::io::Result<(Self::Io, poem::web::LocalAddr, poem::web::RemoteAddr, poem::http::uri::Scheme)> {
+        if !self.started {
+            self.started = true;
+            tokio::task::yield_now().await;
+        }
+        self.inner.accept().await
+    }
 }
 
 /// The federation listener's certificate and key, read once at start-up.

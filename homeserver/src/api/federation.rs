@@ -23,6 +23,9 @@ pub fn app(state: AppState) -> impl Endpoint {
     let authenticated = Route::new()
         .at("/v1/query/profile", get(query_profile))
         .at("/v1/query/directory", get(query_directory))
+        .at("/v1/user/keys/query", poem::post(user_keys_query))
+        .at("/v1/user/keys/claim", poem::post(user_keys_claim))
+        .at("/v1/user/devices/:userId", get(user_devices))
         .around(authenticate);
     Route::new()
         .at("/_matrix/federation/v1/version", get(version))
@@ -189,4 +192,80 @@ async fn query_directory(state: Data<&AppState>, Query(query): Query<DirectoryQu
     let (room_id, _) =
         state.storage.alias(alias.as_str()).await?.ok_or_else(|| MatrixError::not_found("Room alias not found"))?;
     Ok(Json(json!({ "room_id": room_id, "servers": [state.config.server_name] })))
+}
+
+/// Only users of this server: another server asking about someone else's users gets nothing.
+fn local_users<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    wanted: &Value,
+) -> ApiResult<std::collections::BTreeMap<String, T>> {
+    let wanted: std::collections::BTreeMap<String, T> =
+        serde_json::from_value(wanted.clone()).map_err(|e| MatrixError::bad_json(format!("Malformed request: {e}")))?;
+    Ok(wanted
+        .into_iter()
+        .filter(|(user, _)| crate::federation::e2ee::server_of(user) == state.config.server_name)
+        .collect())
+}
+
+/// `POST /_matrix/federation/v1/user/keys/query`: our users' device and cross-signing keys.
+#[handler]
+async fn user_keys_query(state: Data<&AppState>, Json(body): Json<Value>) -> ApiResult<Json<Value>> {
+    let wanted = local_users::<Vec<String>>(&state, &body["device_keys"])?;
+    // No user of ours is asking: only signatures by the keys' owners are shown.
+    let result = crate::e2ee::keys::query(&state.storage, &state.config.server_name, "", &wanted).await?;
+    Ok(Json(json!({
+        "device_keys": result.device_keys,
+        "master_keys": result.master_keys,
+        "self_signing_keys": result.self_signing_keys,
+    })))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/claim`: one-time keys of our users' devices.
+#[handler]
+async fn user_keys_claim(state: Data<&AppState>, Json(body): Json<Value>) -> ApiResult<Json<Value>> {
+    let wanted = local_users::<std::collections::BTreeMap<String, String>>(&state, &body["one_time_keys"])?;
+    let result = crate::e2ee::keys::claim(&state.storage, &state.config.server_name, &wanted).await?;
+    Ok(Json(json!({ "one_time_keys": result.one_time_keys })))
+}
+
+/// `GET /_matrix/federation/v1/user/devices/{userId}`: all devices of one of our users.
+#[handler]
+async fn user_devices(state: Data<&AppState>, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+    if crate::federation::e2ee::server_of(&user_id) != state.config.server_name {
+        return Err(MatrixError::invalid_param("That user is not on this server"));
+    }
+    if !state.storage.user_exists(&user_id).await? {
+        return Err(MatrixError::not_found("No such user"));
+    }
+    let wanted = std::collections::BTreeMap::from([(user_id.clone(), Vec::new())]);
+    let mut result = crate::e2ee::keys::query(&state.storage, &state.config.server_name, "", &wanted).await?;
+    let devices: Vec<Value> = result
+        .device_keys
+        .remove(&user_id)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(device_id, mut keys)| {
+            let name = keys["unsigned"]["device_display_name"].take();
+            if let Some(keys) = keys.as_object_mut() {
+                keys.remove("unsigned");
+            }
+            let mut device = json!({ "device_id": device_id, "keys": keys });
+            if name.is_string() {
+                device["device_display_name"] = name;
+            }
+            device
+        })
+        .collect();
+    let mut answer = json!({
+        "user_id": user_id,
+        "stream_id": state.storage.device_list_stream_id(&user_id).await?,
+        "devices": devices,
+    });
+    if let Some(master) = result.master_keys.remove(&user_id) {
+        answer["master_key"] = master;
+    }
+    if let Some(self_signing) = result.self_signing_keys.remove(&user_id) {
+        answer["self_signing_key"] = self_signing;
+    }
+    Ok(Json(answer))
 }

@@ -321,6 +321,17 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// The stream position of `user_id`'s latest device list change (0: none recorded).
+    pub async fn device_list_stream_id(&self, user_id: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT stream_id FROM device_list_changes WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?.unwrap_or(0))
+    }
+}
+
 /// Records that `user_id`'s devices or keys changed, at a new stream position.
 pub(super) async fn mark_device_list_change(tx: &mut WriteTx, user_id: &str) -> Result<i64> {
     let position = next_position(tx).await?;

@@ -17,6 +17,7 @@ use crate::api::auth::{AuthedUser, client_ip};
 use crate::api::error::ApiResult;
 use crate::api::uia::{self, AuthData, UiaError};
 use crate::e2ee::{self, cross_signing, device_lists, keys};
+use crate::federation::e2ee as federation_e2ee;
 use crate::state::AppState;
 use crate::sync::token;
 
@@ -113,6 +114,14 @@ pub struct SignaturesUploadResponse {
     pub failures: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
+/// How long to wait for other servers: the client's `timeout`, within reason.
+fn remote_timeout(requested: Option<i64>) -> std::time::Duration {
+    match requested {
+        Some(ms) => std::time::Duration::from_millis(ms.clamp(0, 60_000) as u64),
+        None => federation_e2ee::DEFAULT_TIMEOUT,
+    }
+}
+
 fn object(map: JsonObject) -> e2ee::JsonObject {
     map.into_iter().collect()
 }
@@ -155,7 +164,9 @@ impl KeysApi {
         user: AuthedUser,
         body: Json<QueryKeysRequest>,
     ) -> ApiResult<Json<QueryKeysResponse>> {
-        let result = keys::query(&state.storage, &state.config.server_name, &user.user_id, &body.0.device_keys).await?;
+        let (local, remote) = federation_e2ee::by_server(&state, &body.0.device_keys);
+        let mut result = keys::query(&state.storage, &state.config.server_name, &user.user_id, &local).await?;
+        federation_e2ee::query_remote(&state, remote, remote_timeout(body.0.timeout), &mut result).await;
         Ok(Json(QueryKeysResponse {
             failures: result.failures,
             device_keys: result.device_keys,
@@ -176,7 +187,9 @@ impl KeysApi {
         _user: AuthedUser,
         body: Json<ClaimKeysRequest>,
     ) -> ApiResult<Json<ClaimKeysResponse>> {
-        let result = keys::claim(&state.storage, &state.config.server_name, &body.0.one_time_keys).await?;
+        let (local, remote) = federation_e2ee::by_server(&state, &body.0.one_time_keys);
+        let mut result = keys::claim(&state.storage, &state.config.server_name, &local).await?;
+        federation_e2ee::claim_remote(&state, remote, remote_timeout(body.0.timeout), &mut result).await;
         let one_time_keys = result
             .one_time_keys
             .into_iter()
