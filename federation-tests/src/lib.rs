@@ -125,6 +125,16 @@ impl User {
         }
     }
 
+    /// The same account, on `server` as it runs now (a restarted server has a new client port).
+    pub fn on(&self, server: &TestServer) -> User {
+        User {
+            user_id: self.user_id.clone(),
+            base_url: server.base_url.clone(),
+            token: self.token.clone(),
+            http: self.http.clone(),
+        }
+    }
+
     /// A client API request; returns the status and the JSON body.
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request =

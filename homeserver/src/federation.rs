@@ -5,7 +5,9 @@ pub mod authorization;
 pub mod client;
 pub mod discovery;
 pub mod e2ee;
+pub mod inbound;
 pub mod keys;
+pub mod sender;
 
 pub use client::FederationClient;
 

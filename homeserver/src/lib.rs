@@ -144,6 +144,10 @@ pub async fn serve(
         }
         _ => None,
     };
+    let sender = state
+        .federation_client
+        .is_some()
+        .then(|| tokio::spawn(federation::sender::run(state.clone(), stopped.clone())));
     let server = poem::Server::new_with_acceptor(TcpAcceptor::from_tokio(listeners.client)?);
     let client = server.run_with_graceful_shutdown(api::app(state), stopping(stopped), Some(SHUTDOWN_GRACE));
     let signal = async {
@@ -155,6 +159,9 @@ pub async fn serve(
         Some(task) => task.await.unwrap_or_else(|err| Err(std::io::Error::other(err))),
         None => Ok(()),
     };
+    if let Some(sender) = sender {
+        let _ = sender.await;
+    }
     storage.close().await;
     tracing::info!("myelin stopped");
     result?;

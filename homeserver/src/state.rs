@@ -37,6 +37,8 @@ pub struct Inner {
     pub thumbnail_memory: tokio::sync::Semaphore,
     /// Requests to other servers; `None` when federation is disabled.
     pub federation_client: Option<FederationClient>,
+    /// Wakes the federation sender when something was queued for another server.
+    pub outbox_ready: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -65,6 +67,7 @@ impl AppState {
             media_uploaded: tokio::sync::Notify::new(),
             thumbnail_memory: tokio::sync::Semaphore::new(crate::api::media::THUMBNAIL_MEMORY_MIB as usize),
             federation_client,
+            outbox_ready: tokio::sync::Notify::new(),
         })))
     }
 }

@@ -7,6 +7,7 @@
 
 mod accounts;
 mod aliases;
+mod federation_queue;
 mod filters;
 mod key_backup;
 mod keys;
@@ -25,6 +26,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use accounts::{Device, NewLogin, TokenOwner};
+pub use federation_queue::{Outgoing, PendingTransaction};
 pub use key_backup::{BackupKey, BackupVersion};
 pub use keys::{KeySignature, StoredDeviceKeys, UploadedKey};
 pub use media::{MediaItem, MediaWrite, Uploaded};

@@ -23,6 +23,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let authenticated = Route::new()
         .at("/v1/query/profile", get(query_profile))
         .at("/v1/query/directory", get(query_directory))
+        .at("/v1/send/:txnId", poem::put(send_transaction))
         .at("/v1/user/keys/query", poem::post(user_keys_query))
         .at("/v1/user/keys/claim", poem::post(user_keys_claim))
         .at("/v1/user/devices/:userId", get(user_devices))
@@ -79,6 +80,12 @@ async fn authenticate<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Re
         };
         match verified {
             Ok(()) => {
+                // It is up: anything waiting for it goes now rather than at the next retry.
+                match state.storage.destination_is_back(&header.origin).await {
+                    Ok(true) => state.outbox_ready.notify_one(),
+                    Ok(false) => {}
+                    Err(err) => tracing::warn!(error = %err, "resetting a destination's backoff"),
+                }
                 req.extensions_mut().insert(Origin(header.origin));
                 req.set_body(body);
                 return next.call(req).await.map(IntoResponse::into_response);
@@ -267,5 +274,48 @@ async fn user_devices(state: Data<&AppState>, Path(user_id): Path<String>) -> Ap
     if let Some(self_signing) = result.self_signing_keys.remove(&user_id) {
         answer["self_signing_key"] = self_signing;
     }
+    Ok(Json(answer))
+}
+
+/// The spec's limits on one transaction.
+const MAX_TRANSACTION_PDUS: usize = 50;
+const MAX_TRANSACTION_EDUS: usize = 100;
+
+/// `PUT /_matrix/federation/v1/send/{txnId}`: PDUs and EDUs from another server. A transaction
+/// seen before gets the same answer without being processed again.
+#[handler]
+async fn send_transaction(
+    state: Data<&AppState>,
+    origin: Data<&Origin>,
+    Path(txn_id): Path<String>,
+    Json(body): Json<Value>,
+) -> ApiResult<Json<Value>> {
+    let origin = origin.0.0.as_str();
+    if body["origin"] != origin {
+        return Err(MatrixError::bad_json("The transaction's origin is not the server that sent it"));
+    }
+    if let Some(answer) = state.storage.received_transaction(origin, &txn_id).await? {
+        return Ok(Json(serde_json::from_str(&answer).unwrap_or_else(|_| json!({ "pdus": {} }))));
+    }
+    let pdus = body["pdus"].as_array().map_or(&[][..], Vec::as_slice);
+    let edus = body.get("edus").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    if pdus.len() > MAX_TRANSACTION_PDUS || edus.len() > MAX_TRANSACTION_EDUS {
+        return Err(MatrixError::bad_json("A transaction holds at most 50 PDUs and 100 EDUs"));
+    }
+    for edu in edus {
+        if let Err(err) = crate::federation::inbound::edu(&state, origin, edu).await {
+            tracing::info!(%origin, edu_type = %edu["edu_type"], error = %err, "ignored an EDU");
+        }
+    }
+    // Room events from other servers are not accepted yet: each is answered with an error,
+    // as the spec's per-PDU results allow.
+    let mut results = serde_json::Map::new();
+    for pdu in pdus {
+        if let Some(event_id) = pdu["event_id"].as_str() {
+            results.insert(event_id.to_owned(), json!({ "error": "this server does not take part in that room" }));
+        }
+    }
+    let answer = json!({ "pdus": results });
+    state.storage.record_received_transaction(origin, &txn_id, &answer.to_string(), now_ms()).await?;
     Ok(Json(answer))
 }

@@ -9,7 +9,8 @@ crate::backend_tests!(
     devices_and_tokens_die_together,
     profile_fields,
     uia_sessions,
-    migrations_are_idempotent
+    migrations_are_idempotent,
+    federation_queue_and_server_keys
 );
 
 async fn open(backend: TestBackend) -> (TestDatabase, Storage) {
@@ -131,4 +132,69 @@ async fn migrations_are_idempotent(backend: TestBackend) {
     let reopened = Storage::connect(&db.url, 2).await.unwrap();
     assert!(reopened.user_exists("@a:hs").await.unwrap());
     assert_eq!(reopened.backend(), if backend == TestBackend::Sqlite { Backend::Sqlite } else { Backend::Postgres });
+}
+
+async fn federation_queue_and_server_keys(backend: TestBackend) {
+    let (_db, s) = open(backend).await;
+    let item = |destination: &str, kind: &'static str, n: usize| Outgoing {
+        destination: destination.to_owned(),
+        kind,
+        json: format!("{{\"n\":{n}}}"),
+    };
+    // 60 PDUs and 3 EDUs for b, one EDU for c.
+    let mut items: Vec<Outgoing> = (0..60).map(|n| item("b.example", "pdu", n)).collect();
+    items.extend((60..63).map(|n| item("b.example", "edu", n)));
+    items.push(item("c.example", "edu", 99));
+    s.enqueue_federation(&items, 1).await.unwrap();
+    let mut due = s.due_destinations(10).await.unwrap();
+    due.sort();
+    assert_eq!(due, ["b.example", "c.example"]);
+
+    // One process holds b; another cannot take it until the lease ends.
+    assert!(s.lease_destination("b.example", "p1", 1_000, 10).await.unwrap());
+    assert!(!s.lease_destination("b.example", "p2", 1_000, 20).await.unwrap());
+    assert!(s.lease_destination("b.example", "p1", 2_000, 30).await.unwrap(), "the holder renews");
+    assert_eq!(s.due_destinations(40).await.unwrap(), ["c.example"]);
+
+    // The first transaction stops at the spec's 50 PDUs; a retry after failure is the same one.
+    let first = s.next_transaction("b.example").await.unwrap().unwrap();
+    assert_eq!((first.pdus.len(), first.edus.len()), (50, 0));
+    assert_eq!(first.pdus[0], "{\"n\":0}");
+    assert_eq!(s.transaction_failed("b.example", "p1", 5_000).await.unwrap(), 1);
+    assert!(!s.lease_destination("b.example", "p1", 9_000, 4_000).await.unwrap(), "not before retry_at");
+    assert_eq!(s.next_retry_at().await.unwrap(), Some(5_000));
+    s.enqueue_federation(&[item("b.example", "edu", 63)], 4_500).await.unwrap();
+    assert!(s.lease_destination("b.example", "p2", 9_000, 5_000).await.unwrap());
+    let retry = s.next_transaction("b.example").await.unwrap().unwrap();
+    assert_eq!(retry, first, "a retry sends exactly the same transaction");
+    assert_eq!(s.destination_failures("b.example").await.unwrap(), 1);
+    s.transaction_sent("b.example", retry.last_id).await.unwrap();
+    assert_eq!(s.destination_failures("b.example").await.unwrap(), 0);
+    let second = s.next_transaction("b.example").await.unwrap().unwrap();
+    assert_ne!(second.txn_id, first.txn_id);
+    assert_eq!((second.pdus.len(), second.edus.len()), (10, 4), "the rest, in order");
+    assert_eq!(second.pdus[0], "{\"n\":50}");
+    assert_eq!(second.edus[3], "{\"n\":63}");
+    s.transaction_sent("b.example", second.last_id).await.unwrap();
+    assert_eq!(s.next_transaction("b.example").await.unwrap(), None);
+
+    // Hearing from a backed-off server makes it due at once.
+    assert!(s.lease_destination("c.example", "p1", 9_000, 100).await.unwrap());
+    s.transaction_failed("c.example", "p1", 1_000_000).await.unwrap();
+    assert!(s.due_destinations(200).await.unwrap().is_empty());
+    assert!(s.destination_is_back("c.example").await.unwrap());
+    assert!(!s.destination_is_back("c.example").await.unwrap(), "only once");
+    assert_eq!(s.due_destinations(200).await.unwrap(), ["c.example"]);
+
+    // Transactions received: the answer is kept.
+    assert_eq!(s.received_transaction("c.example", "t1").await.unwrap(), None);
+    s.record_received_transaction("c.example", "t1", "{}", 1).await.unwrap();
+    assert_eq!(s.received_transaction("c.example", "t1").await.unwrap().as_deref(), Some("{}"));
+
+    // Server keys: stored per document, served back.
+    let key = ServerKey { public_key: "K".into(), valid_until_ts: 500, expired_ts: None };
+    s.store_server_keys("c.example", &[("ed25519:a".into(), key.clone())], "{\"doc\":1}", 1).await.unwrap();
+    assert_eq!(s.server_key("c.example", "ed25519:a").await.unwrap(), Some(key));
+    assert_eq!(s.server_key("c.example", "ed25519:b").await.unwrap(), None);
+    assert_eq!(s.server_key_responses("c.example").await.unwrap(), [("{\"doc\":1}".to_owned(), 500)]);
 }

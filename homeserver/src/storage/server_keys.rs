@@ -24,7 +24,7 @@ impl Storage {
         response_json: &str,
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for (key_id, key) in keys {
             sqlx::query(
                 "INSERT INTO server_keys \

@@ -30,7 +30,8 @@ pub struct Recipient {
 }
 
 impl Storage {
-    /// Queues to-device messages for local devices, once per `(sender, sender device, txn_id)`.
+    /// Queues to-device messages for local devices, and `remote` (`m.direct_to_device` EDUs) for
+    /// other servers, once per `(sender, sender device, txn_id)`.
     /// Returns the messages' stream position, or `None` when the transaction was carried out
     /// before. Unknown users and devices are skipped.
     pub async fn send_to_device(
@@ -38,6 +39,7 @@ impl Storage {
         (sender, sender_device, txn_id): (&str, &str, &str),
         event_type: &str,
         recipients: &[Recipient],
+        remote: &[super::Outgoing],
         now: i64,
     ) -> Result<Option<i64>> {
         let mut tx = self.begin_write().await?;
@@ -55,6 +57,8 @@ impl Storage {
             Err(Error::Conflict { .. }) => return Ok(None),
             Err(other) => return Err(other),
         }
+        // Messages for other servers' users leave with the same transaction.
+        super::federation_queue::enqueue(&mut tx, remote, now).await?;
         let position = next_position(&mut tx).await?;
         for recipient in recipients {
             let devices: Vec<String> = if recipient.device_id == "*" {

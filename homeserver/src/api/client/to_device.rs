@@ -14,7 +14,7 @@ use crate::api::Tag;
 use crate::api::auth::AuthedUser;
 use crate::api::error::{ApiResult, MatrixError};
 use crate::state::AppState;
-use crate::storage::{Recipient, now_ms};
+use crate::storage::{Outgoing, Recipient, now_ms};
 
 /// To-device endpoints.
 #[derive(Default)]
@@ -47,15 +47,16 @@ impl ToDeviceApi {
         txn_id: Path<String>,
         body: Json<SendToDeviceRequest>,
     ) -> ApiResult<Json<Empty>> {
-        let own_server = format!(":{}", state.config.server_name);
         let mut recipients = Vec::new();
+        // Other servers' users: one `m.direct_to_device` EDU per server.
+        let mut remote: BTreeMap<String, BTreeMap<String, BTreeMap<String, JsonObject>>> = BTreeMap::new();
         for (user_id, devices) in body.0.messages {
-            if !user_id.starts_with('@') || !user_id.contains(':') {
+            let Ok(parsed) = ruma_common::UserId::parse(&user_id) else {
                 return Err(MatrixError::invalid_param(format!("{user_id:?} is not a user ID")));
-            }
-            if !user_id.ends_with(&own_server) {
-                // Delivery to other servers arrives with federation (m.direct_to_device).
-                tracing::debug!(recipient = %user_id, "to-device message for another server not sent");
+            };
+            let server = parsed.server_name().as_str();
+            if server != state.config.server_name {
+                remote.entry(server.to_owned()).or_default().insert(user_id, devices);
                 continue;
             }
             for (device_id, content) in devices {
@@ -63,9 +64,32 @@ impl ToDeviceApi {
                 recipients.push(Recipient { user_id: user_id.clone(), device_id, content });
             }
         }
+        if !remote.is_empty() {
+            // Fails with M_FORBIDDEN when federation is off, rather than dropping messages.
+            state.federation()?;
+        }
+        let outgoing: Vec<Outgoing> = remote
+            .into_iter()
+            .map(|(destination, messages)| {
+                let edu = serde_json::json!({
+                    "edu_type": "m.direct_to_device",
+                    "content": {
+                        "sender": user.user_id,
+                        "type": event_type.as_str(),
+                        "message_id": uuid::Uuid::new_v4().simple().to_string(),
+                        "messages": messages,
+                    },
+                });
+                Outgoing { destination, kind: "edu", json: edu.to_string() }
+            })
+            .collect();
         let sender = (user.user_id.as_str(), user.device_id.as_str(), txn_id.0.as_str());
-        if let Some(position) = state.storage.send_to_device(sender, &event_type, &recipients, now_ms()).await? {
+        let position = state.storage.send_to_device(sender, &event_type, &recipients, &outgoing, now_ms()).await?;
+        if let Some(position) = position {
             state.notify(position);
+            if !outgoing.is_empty() {
+                state.outbox_ready.notify_one();
+            }
         }
         Ok(Json(Empty {}))
     }

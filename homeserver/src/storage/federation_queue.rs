@@ -1,0 +1,276 @@
+//! The durable outbound federation queue and the record of transactions received.
+
+use sqlx::Row;
+
+use super::{Result, Storage, WriteTx};
+
+/// One thing to send to another server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The destination server.
+    pub destination: String,
+    /// `pdu` or `edu`.
+    pub kind: &'static str,
+    /// The PDU or EDU as JSON.
+    pub json: String,
+}
+
+/// A transaction to send: its ID, the last queue row it holds, and its PDUs and EDUs in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingTransaction {
+    /// The transaction ID (the same on every retry).
+    pub txn_id: String,
+    /// The last outbox row it holds.
+    pub last_id: i64,
+    /// PDUs, as JSON.
+    pub pdus: Vec<String>,
+    /// EDUs, as JSON.
+    pub edus: Vec<String>,
+}
+
+/// The spec's limits on one transaction.
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+
+/// Queues items inside a caller's write transaction, so they are sent if and only if what
+/// caused them commits.
+pub(crate) async fn enqueue(tx: &mut WriteTx, items: &[Outgoing], now: i64) -> Result<()> {
+    for item in items {
+        sqlx::query("INSERT INTO federation_outbox (destination, kind, json, created_ts) VALUES ($1, $2, $3, $4)")
+            .bind(&item.destination)
+            .bind(item.kind)
+            .bind(&item.json)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+impl Storage {
+    /// Queues items for other servers.
+    pub async fn enqueue_federation(&self, items: &[Outgoing], now: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        enqueue(&mut tx, items, now).await?;
+        tx.commit().await
+    }
+
+    /// Destinations with something queued whose retry time has come and that no process holds.
+    pub async fn due_destinations(&self, now: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT o.destination FROM federation_outbox o \
+             LEFT JOIN federation_destinations d ON d.destination = o.destination \
+             WHERE COALESCE(d.retry_at, 0) <= $1 AND COALESCE(d.lease_until, 0) < $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
+    /// The earliest time a destination with queued items may be retried, if any is waiting.
+    pub async fn next_retry_at(&self) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MIN(d.retry_at) FROM federation_destinations d \
+             WHERE EXISTS (SELECT 1 FROM federation_outbox o WHERE o.destination = d.destination)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    /// Takes (or renews) the right to send to `destination` until `until`; `false` when
+    /// another process holds it or its retry time has not come.
+    pub async fn lease_destination(&self, destination: &str, owner: &str, until: i64, now: i64) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO federation_destinations (destination) VALUES ($1) ON CONFLICT (destination) DO NOTHING",
+        )
+        .bind(destination)
+        .execute(&mut *tx)
+        .await?;
+        let taken = sqlx::query(
+            "UPDATE federation_destinations SET lease_owner = $2, lease_until = $3 \
+             WHERE destination = $1 AND retry_at <= $4 AND (lease_until < $4 OR lease_owner = $2)",
+        )
+        .bind(destination)
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(taken)
+    }
+
+    /// Gives up the right to send to `destination`.
+    pub async fn release_destination(&self, destination: &str, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE federation_destinations SET lease_owner = NULL, lease_until = 0 \
+             WHERE destination = $1 AND lease_owner = $2",
+        )
+        .bind(destination)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The transaction to send to `destination` next: the one in flight again, or a new one
+    /// of the oldest queued items (in queue order, within the spec's limits).
+    pub async fn next_transaction(&self, destination: &str) -> Result<Option<PendingTransaction>> {
+        let mut tx = self.begin_write().await?;
+        let in_flight = sqlx::query("SELECT txn_id, txn_last_id FROM federation_destinations WHERE destination = $1")
+            .bind(destination)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let in_flight: Option<(String, i64)> = match in_flight {
+            Some(row) => match (row.try_get::<Option<String>, _>(0)?, row.try_get::<Option<i64>, _>(1)?) {
+                (Some(txn_id), Some(last_id)) => Some((txn_id, last_id)),
+                _ => None,
+            },
+            None => None,
+        };
+        let limit = i64::try_from(MAX_PDUS + MAX_EDUS).unwrap_or(150);
+        let rows = match &in_flight {
+            Some((_, last_id)) => {
+                sqlx::query(
+                    "SELECT id, kind, json FROM federation_outbox WHERE destination = $1 AND id <= $2 ORDER BY id",
+                )
+                .bind(destination)
+                .bind(last_id)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => {
+                sqlx::query("SELECT id, kind, json FROM federation_outbox WHERE destination = $1 ORDER BY id LIMIT $2")
+                    .bind(destination)
+                    .bind(limit)
+                    .fetch_all(&mut *tx)
+                    .await?
+            }
+        };
+        let (mut pdus, mut edus, mut first_id, mut last_id) = (Vec::new(), Vec::new(), None, None);
+        for row in &rows {
+            let (id, kind, json): (i64, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            let full = if kind == "pdu" { pdus.len() >= MAX_PDUS } else { edus.len() >= MAX_EDUS };
+            // Queue order is kept: the transaction ends before the first item that does not fit.
+            if full && in_flight.is_none() {
+                break;
+            }
+            if kind == "pdu" {
+                pdus.push(json)
+            } else {
+                edus.push(json)
+            }
+            first_id.get_or_insert(id);
+            last_id = Some(id);
+        }
+        let Some(last_id) = last_id else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let txn_id = match in_flight {
+            Some((txn_id, _)) => txn_id,
+            None => {
+                let txn_id = format!("{}-{last_id}", first_id.unwrap_or(last_id));
+                sqlx::query("UPDATE federation_destinations SET txn_id = $2, txn_last_id = $3 WHERE destination = $1")
+                    .bind(destination)
+                    .bind(&txn_id)
+                    .bind(last_id)
+                    .execute(&mut *tx)
+                    .await?;
+                txn_id
+            }
+        };
+        tx.commit().await?;
+        Ok(Some(PendingTransaction { txn_id, last_id, pdus, edus }))
+    }
+
+    /// The destination acknowledged the transaction ending at `last_id`.
+    pub async fn transaction_sent(&self, destination: &str, last_id: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM federation_outbox WHERE destination = $1 AND id <= $2")
+            .bind(destination)
+            .bind(last_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE federation_destinations SET txn_id = NULL, txn_last_id = NULL, failures = 0, retry_at = 0 \
+             WHERE destination = $1",
+        )
+        .bind(destination)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// Sending failed: the destination waits until `retry_at`; returns how many times in a row
+    /// it has failed.
+    pub async fn transaction_failed(&self, destination: &str, owner: &str, retry_at: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "UPDATE federation_destinations SET failures = failures + 1, retry_at = $3, lease_owner = NULL, \
+             lease_until = 0 WHERE destination = $1 AND lease_owner = $2 RETURNING failures",
+        )
+        .bind(destination)
+        .bind(owner)
+        .bind(retry_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?.unwrap_or(0))
+    }
+
+    /// How many times in a row sending to `destination` has failed.
+    pub async fn destination_failures(&self, destination: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT failures FROM federation_destinations WHERE destination = $1")
+            .bind(destination)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get::<i64, _>(0)).transpose()?.unwrap_or(0))
+    }
+
+    /// We heard from `destination`: it is up, so retry at once. `true` if it was backing off.
+    pub async fn destination_is_back(&self, destination: &str) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE federation_destinations SET failures = 0, retry_at = 0 WHERE destination = $1 AND failures > 0",
+        )
+        .bind(destination)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
+    /// Our answer to a transaction received before, if any.
+    pub async fn received_transaction(&self, origin: &str, txn_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT response FROM federation_received_txns WHERE origin = $1 AND txn_id = $2")
+            .bind(origin)
+            .bind(txn_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Records a transaction as received, with our answer.
+    pub async fn record_received_transaction(
+        &self,
+        origin: &str,
+        txn_id: &str,
+        response: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO federation_received_txns (origin, txn_id, response, received_ts) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (origin, txn_id) DO NOTHING",
+        )
+        .bind(origin)
+        .bind(txn_id)
+        .bind(response)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
