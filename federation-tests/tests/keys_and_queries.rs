@@ -48,6 +48,42 @@ async fn servers_exchange_keys_and_answer_signed_queries() {
         .await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
 
+    // A public room on A, found from B by alias and in A's directory.
+    let (status, created) = alice
+        .call(
+            reqwest::Method::POST,
+            "/createRoom",
+            Some(
+                json!({ "name": "Lobby", "room_alias_name": "lobby", "visibility": "public", "preset": "public_chat" }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let alias = format!("#lobby:{}", a.config.server_name);
+    let resolved = bob.get(&format!("/directory/room/{}", encode(&alias))).await;
+    assert_eq!(resolved["room_id"], created["room_id"]);
+    assert_eq!(resolved["servers"], json!([a.config.server_name]));
+    let (status, body) = bob
+        .call(
+            reqwest::Method::GET,
+            &format!("/directory/room/{}", encode(&format!("#nothing:{}", a.config.server_name))),
+            None,
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+    let listed = bob.get(&format!("/publicRooms?server={}", encode(&a.config.server_name))).await;
+    assert_eq!(listed["chunk"][0]["room_id"], created["room_id"], "{listed}");
+    assert_eq!(listed["chunk"][0]["name"], "Lobby");
+    let (status, searched) = bob
+        .call(
+            reqwest::Method::POST,
+            &format!("/publicRooms?server={}", encode(&a.config.server_name)),
+            Some(json!({ "filter": { "generic_search_term": "lob" } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{searched}");
+    assert_eq!(searched["chunk"].as_array().unwrap().len(), 1);
+
     // B now serves A's keys as a notary, with its own signature added.
     let notary: Value = https
         .get(format!("{}/_matrix/key/v2/query/{}", federation_url(&b), a.config.server_name))

@@ -24,6 +24,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/v1/query/profile", get(query_profile))
         .at("/v1/query/directory", get(query_directory))
         .at("/v1/send/:txnId", poem::put(send_transaction))
+        .at("/v1/publicRooms", get(public_rooms).post(search_public_rooms))
         .at("/v1/user/keys/query", poem::post(user_keys_query))
         .at("/v1/user/keys/claim", poem::post(user_keys_claim))
         .at("/v1/user/devices/:userId", get(user_devices))
@@ -198,7 +199,40 @@ async fn query_directory(state: Data<&AppState>, Query(query): Query<DirectoryQu
     }
     let (room_id, _) =
         state.storage.alias(alias.as_str()).await?.ok_or_else(|| MatrixError::not_found("Room alias not found"))?;
-    Ok(Json(json!({ "room_id": room_id, "servers": [state.config.server_name] })))
+    let servers = super::client::directory::resident_servers(&state, &room_id).await?;
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+}
+
+#[derive(Deserialize)]
+struct DirectoryPage {
+    limit: Option<i64>,
+    since: Option<String>,
+}
+
+/// `GET /_matrix/federation/v1/publicRooms`: our public room directory.
+#[handler]
+async fn public_rooms(state: Data<&AppState>, Query(page): Query<DirectoryPage>) -> ApiResult<Json<Value>> {
+    let query =
+        super::client::directory::PublicRoomsQuery { limit: page.limit, since: page.since, ..Default::default() };
+    directory(&state, query).await
+}
+
+/// `POST /_matrix/federation/v1/publicRooms`: our public room directory, searched.
+#[handler]
+async fn search_public_rooms(state: Data<&AppState>, Json(body): Json<Value>) -> ApiResult<Json<Value>> {
+    let term = body["filter"]["generic_search_term"].as_str().map(str::to_owned);
+    let query = super::client::directory::PublicRoomsQuery {
+        limit: body["limit"].as_i64(),
+        since: body["since"].as_str().map(str::to_owned),
+        filter: Some(super::client::directory::PublicRoomsFilter { generic_search_term: term }),
+        server: None,
+    };
+    directory(&state, query).await
+}
+
+async fn directory(state: &AppState, query: super::client::directory::PublicRoomsQuery) -> ApiResult<Json<Value>> {
+    let page = super::client::directory::directory_page(state, query).await?;
+    Ok(Json(poem_openapi::types::ToJSON::to_json(&page.0).unwrap_or_default()))
 }
 
 /// Only users of this server: another server asking about someone else's users gets nothing.

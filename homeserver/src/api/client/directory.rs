@@ -108,7 +108,7 @@ pub struct PublicRoomsQuery {
     pub since: Option<String>,
     /// The search.
     pub filter: Option<PublicRoomsFilter>,
-    /// Another server's directory (not supported: only this server's).
+    /// Another server's directory, asked over federation.
     pub server: Option<String>,
 }
 
@@ -156,9 +156,16 @@ impl DirectoryApi {
         #[oai(name = "roomAlias")]
         alias: Path<String>,
     ) -> ApiResult<Json<ResolvedAlias>> {
+        let parsed = ruma_common::RoomAliasId::parse(&*alias)
+            .map_err(|e| MatrixError::invalid_param(format!("Invalid alias: {e}")))?;
+        let server = parsed.server_name().as_str();
+        if server != state.config.server_name {
+            return Ok(Json(remote_alias(&state, server, &alias).await?));
+        }
         let (room_id, _) =
             state.storage.alias(&alias).await?.ok_or_else(|| MatrixError::not_found("Room alias not found"))?;
-        Ok(Json(ResolvedAlias { room_id, servers: vec![state.config.server_name.clone()] }))
+        let servers = resident_servers(&state, &room_id).await?;
+        Ok(Json(ResolvedAlias { room_id, servers }))
     }
 
     /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
@@ -264,7 +271,7 @@ impl DirectoryApi {
         limit: Query<Option<i64>>,
         /// A pagination token.
         since: Query<Option<String>>,
-        /// Another server's directory (only this server's is available).
+        /// Another server's directory, asked over federation.
         server: Query<Option<String>>,
     ) -> ApiResult<Json<PublicRooms>> {
         let query = PublicRoomsQuery { limit: limit.0, since: since.0, filter: None, server: server.0 };
@@ -280,10 +287,58 @@ impl DirectoryApi {
         &self,
         state: Data<&AppState>,
         _user: AuthedUser,
+        /// Another server's directory, asked over federation.
+        server: Query<Option<String>>,
         body: Json<PublicRoomsQuery>,
     ) -> ApiResult<Json<PublicRooms>> {
-        directory_page(&state, body.0).await
+        let mut query = body.0;
+        // The spec puts `server` in the query string; older clients sent it in the body.
+        query.server = server.0.or(query.server);
+        directory_page(&state, query).await
     }
+}
+
+/// The servers of a room's joined members, this one first.
+pub(crate) async fn resident_servers(state: &AppState, room_id: &str) -> ApiResult<Vec<String>> {
+    let mut servers = vec![state.config.server_name.clone()];
+    for (user, membership) in state.storage.members(room_id).await? {
+        let server = crate::federation::e2ee::server_of(&user);
+        if membership == "join" && !servers.iter().any(|s| s == server) {
+            servers.push(server.to_owned());
+        }
+    }
+    Ok(servers)
+}
+
+/// Asks the alias's server which room it names.
+async fn remote_alias(state: &AppState, server: &str, alias: &str) -> ApiResult<ResolvedAlias> {
+    let query = serde_urlencoded::to_string([("room_alias", alias)]).map_err(|_| MatrixError::internal())?;
+    let answer = state.federation()?.get(server, &format!("/_matrix/federation/v1/query/directory?{query}")).await?;
+    let malformed =
+        || MatrixError::new(ErrCode::Unknown, StatusCode::BAD_GATEWAY, format!("{server} sent a malformed answer"));
+    let room_id =
+        answer["room_id"].as_str().filter(|id| ruma_common::RoomId::parse(id).is_ok()).ok_or_else(malformed)?;
+    let servers = answer["servers"].as_array().ok_or_else(malformed)?;
+    let servers = servers.iter().filter_map(|s| s.as_str()).filter(|s| ruma_common::ServerName::parse(s).is_ok());
+    Ok(ResolvedAlias { room_id: room_id.to_owned(), servers: servers.map(str::to_owned).collect() })
+}
+
+/// Another server's public room directory, over federation.
+async fn remote_directory(state: &AppState, server: &str, query: &PublicRoomsQuery) -> ApiResult<Json<PublicRooms>> {
+    let mut body = serde_json::json!({});
+    if let Some(limit) = query.limit {
+        body["limit"] = limit.into();
+    }
+    if let Some(since) = &query.since {
+        body["since"] = since.clone().into();
+    }
+    if let Some(term) = query.filter.as_ref().and_then(|f| f.generic_search_term.clone()) {
+        body["filter"] = serde_json::json!({ "generic_search_term": term });
+    }
+    let answer = state.federation()?.post(server, "/_matrix/federation/v1/publicRooms", &body).await?;
+    poem_openapi::types::ParseFromJSON::parse_from_json(Some(answer)).map(Json).map_err(|_| {
+        MatrixError::new(ErrCode::Unknown, StatusCode::BAD_GATEWAY, format!("{server} sent a malformed directory"))
+    })
 }
 
 /// Checks that an alias is well-formed and belongs to this server.
@@ -298,9 +353,10 @@ fn local_alias(state: &AppState, alias: &str) -> Result<String, MatrixError> {
 
 const MAX_DIRECTORY_PAGE: i64 = 500;
 
-async fn directory_page(state: &AppState, query: PublicRoomsQuery) -> ApiResult<Json<PublicRooms>> {
-    if query.server.as_ref().is_some_and(|s| *s != state.config.server_name) {
-        return Err(MatrixError::not_found("Only this server's directory is available"));
+/// A page of a public room directory: ours, or (with `server`) another server's.
+pub(crate) async fn directory_page(state: &AppState, query: PublicRoomsQuery) -> ApiResult<Json<PublicRooms>> {
+    if let Some(server) = query.server.as_deref().filter(|s| *s != state.config.server_name) {
+        return remote_directory(state, server, &query).await;
     }
     let term = query.filter.and_then(|f| f.generic_search_term).map(|t| t.to_lowercase()).filter(|t| !t.is_empty());
     let mut rooms = Vec::new();
