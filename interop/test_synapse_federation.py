@@ -1,7 +1,7 @@
 """Federation between Myelin and Synapse, the reference homeserver, on loopback: each serves
 the Server-Server API over TLS with a certificate from a throwaway CA that the other trusts
 (Synapse with `federation_custom_ca_list` and certificate checks on). Both directions of:
-profiles, device keys and one-time keys, to-device messages, room aliases and public room
+profiles, device keys and one-time keys, media, to-device messages, room aliases and public room
 directories.
 
 Needs `pip install matrix-synapse` and `cargo build --bin myelin-server` (MYELIN_SERVER_BIN
@@ -210,6 +210,14 @@ class User:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"{}")
 
+    def raw(self, method, path, data=None, content_type=None):
+        request = urllib.request.Request(self.base + path, method=method, data=data)
+        request.add_header("Authorization", "Bearer " + self.token)
+        if content_type:
+            request.add_header("Content-Type", content_type)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers.get("Content-Type"), response.read()
+
     def ok(self, method, path, body=None):
         status, answer = self.call(method, path, body)
         assert status == 200, (method, path, status, answer)
@@ -278,6 +286,14 @@ def test_profiles_keys_to_device_and_directory_across_implementations(servers, a
         answer = me.ok("POST", "/keys/claim", {"one_time_keys": {them.user_id: {them.device_id: "signed_curve25519"}}})
         claimed |= set(answer["one_time_keys"][them.user_id][them.device_id])
     assert claimed == one_time
+
+    # Media: uploaded on the owner's server, downloaded through the asker's (authenticated
+    # federation media, multipart), identical bytes.
+    payload = bytes(range(256)) * 1000
+    status, _, answer = them.raw("POST", "/_matrix/media/v3/upload?filename=blob.bin", payload, "application/octet-stream")
+    mxc = json.loads(answer)["content_uri"][len("mxc://"):]
+    status, content_type, downloaded = me.raw("GET", f"/_matrix/client/v1/media/download/{mxc}")
+    assert status == 200 and downloaded == payload and content_type == "application/octet-stream"
 
     # To-device messages, both ways.
     me.ok("PUT", f"/sendToDevice/org.myelin.interop/{suffix}", {"messages": {them.user_id: {them.device_id: {"n": 1}}}})

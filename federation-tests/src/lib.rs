@@ -147,6 +147,24 @@ impl User {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// A request to any path of the server (media), with a raw body; returns the status,
+    /// the `Content-Type` and the body.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(Vec<u8>, &str)>,
+    ) -> (u16, Option<String>, Vec<u8>) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base_url)).bearer_auth(&self.token);
+        if let Some((bytes, content_type)) = body {
+            request = request.header("Content-Type", content_type).body(bytes);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        (status, content_type, response.bytes().await.expect("body").to_vec())
+    }
+
     /// A GET that must succeed.
     pub async fn get(&self, path: &str) -> Value {
         let (status, body) = self.call(reqwest::Method::GET, path, None).await;

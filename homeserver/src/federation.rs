@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod e2ee;
 pub mod inbound;
 pub mod keys;
+pub mod media;
 pub mod sender;
 
 pub use client::FederationClient;

@@ -1,6 +1,7 @@
 //! The Server-Server API's endpoints, served on the federation listener: server keys (also as
 //! a notary), the version, and — behind `X-Matrix` request authentication — the queries.
 
+use futures_util::StreamExt;
 use poem::http::StatusCode;
 use poem::web::{Data, Json, Path, Query};
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler};
@@ -25,6 +26,8 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/v1/query/directory", get(query_directory))
         .at("/v1/send/:txnId", poem::put(send_transaction))
         .at("/v1/publicRooms", get(public_rooms).post(search_public_rooms))
+        .at("/v1/media/download/:mediaId", get(media_download))
+        .at("/v1/media/thumbnail/:mediaId", get(media_thumbnail))
         .at("/v1/user/keys/query", poem::post(user_keys_query))
         .at("/v1/user/keys/claim", poem::post(user_keys_claim))
         .at("/v1/user/devices/:userId", get(user_devices))
@@ -352,4 +355,63 @@ async fn send_transaction(
     let answer = json!({ "pdus": results });
     state.storage.record_received_transaction(origin, &txn_id, &answer.to_string(), now_ms()).await?;
     Ok(Json(answer))
+}
+
+#[derive(Deserialize)]
+struct MediaWait {
+    timeout_ms: Option<i64>,
+}
+
+/// `GET /_matrix/federation/v1/media/download/{mediaId}`: one of our media items, as
+/// `multipart/mixed` (empty metadata, then the bytes).
+#[handler]
+async fn media_download(
+    state: Data<&AppState>,
+    Path(media_id): Path<String>,
+    Query(wait): Query<MediaWait>,
+) -> ApiResult<Response> {
+    let server_name = state.config.server_name.clone();
+    let (item, sha256) = super::media::serve::local_media(&state, &server_name, &media_id, wait.timeout_ms).await?;
+    let object = state.media.get(&sha256, None).await?;
+    let content_type = item.content_type.clone().unwrap_or_else(|| "application/octet-stream".to_owned());
+    let disposition = item.upload_name.as_deref().map(|name| {
+        format!(
+            "attachment; filename*=utf-8''{}",
+            url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>().replace('+', "%20")
+        )
+    });
+    let content = futures_util::TryStreamExt::map_err(object.into_stream(), std::io::Error::other);
+    Ok(multipart(&content_type, disposition.as_deref(), poem::Body::from_bytes_stream(content)))
+}
+
+#[derive(Deserialize)]
+struct ThumbnailQuery {
+    width: i64,
+    height: i64,
+    method: Option<String>,
+    timeout_ms: Option<i64>,
+}
+
+/// `GET /_matrix/federation/v1/media/thumbnail/{mediaId}`: a thumbnail of one of our media
+/// items, as `multipart/mixed`.
+#[handler]
+async fn media_thumbnail(
+    state: Data<&AppState>,
+    Path(media_id): Path<String>,
+    Query(query): Query<ThumbnailQuery>,
+) -> ApiResult<Response> {
+    let want = super::media::thumbnails::requested(query.width, query.height, query.method.as_deref())?;
+    let server_name = state.config.server_name.clone();
+    let (item, sha256) = super::media::serve::local_media(&state, &server_name, &media_id, query.timeout_ms).await?;
+    let (body, content_type, _) = super::media::thumbnails::thumbnail_body(&state, &item, &sha256, want).await?;
+    Ok(multipart(content_type, None, body))
+}
+
+/// A `multipart/mixed` response: empty metadata, then `body` as `content_type`.
+fn multipart(content_type: &str, disposition: Option<&str>, body: poem::Body) -> Response {
+    let (head, tail, multipart_type) = crate::federation::media::multipart_frame(content_type, disposition);
+    let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(head)])
+        .chain(body.into_bytes_stream())
+        .chain(futures_util::stream::iter([Ok(tail)]));
+    Response::builder().content_type(multipart_type).body(poem::Body::from_bytes_stream(stream))
 }

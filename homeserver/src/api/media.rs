@@ -20,8 +20,8 @@ use super::error::{ApiResult, ErrCode, MatrixError};
 use crate::state::AppState;
 use crate::storage::now_ms;
 
-mod serve;
-mod thumbnails;
+pub(crate) mod serve;
+pub(crate) mod thumbnails;
 mod upload;
 
 pub use serve::Download;

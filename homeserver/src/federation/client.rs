@@ -17,8 +17,10 @@ use crate::crypto::SigningKey;
 
 /// How long one request to another server may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// The largest response body read from another server.
+/// The largest JSON response read from another server.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// A delegation document is a few bytes.
+const WELL_KNOWN_LIMIT: usize = 64 * 1024;
 
 /// Makes signed requests to other homeservers.
 #[derive(Debug)]
@@ -134,6 +136,79 @@ impl FederationClient {
         body: Option<&Value>,
         signed: bool,
     ) -> Result<Value, FederationError> {
+        let response = self.send(method, destination, path, body, signed).await?;
+        let status = response.status();
+        let bytes = read_limited(response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|reason| FederationError::Unreachable { server: destination.to_owned(), reason })?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            FederationError::Invalid(format!(
+                "{destination} answered {path} with something that is not JSON (HTTP {status})"
+            ))
+        })?;
+        if !status.is_success() {
+            return Err(FederationError::Remote {
+                server: destination.to_owned(),
+                status: status.as_u16(),
+                body: value,
+            });
+        }
+        Ok(value)
+    }
+
+    /// A signed GET whose answer is not JSON (media): its `Content-Type` and at most `limit`
+    /// bytes. Error answers (JSON) become [`FederationError::Remote`].
+    pub async fn get_bytes(
+        &self,
+        destination: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<(Option<String>, Vec<u8>), FederationError> {
+        let response = self.send(Method::GET, destination, path, None, true).await?;
+        let status = response.status();
+        let content_type =
+            response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let bytes = read_limited(response, limit)
+            .await
+            .map_err(|reason| FederationError::Unreachable { server: destination.to_owned(), reason })?;
+        if !status.is_success() {
+            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({}));
+            return Err(FederationError::Remote { server: destination.to_owned(), status: status.as_u16(), body });
+        }
+        Ok((content_type, bytes))
+    }
+
+    /// A plain GET of a URL another server pointed us to (a media `Location`), through the
+    /// same guarded client: its `Content-Type`, `Content-Disposition` and at most `limit` bytes.
+    pub async fn get_url(
+        &self,
+        url: &str,
+        limit: usize,
+    ) -> Result<(Option<String>, Option<String>, Vec<u8>), FederationError> {
+        let unreachable = |reason: String| FederationError::Unreachable { server: url.to_owned(), reason };
+        self.check_literal(url).map_err(unreachable)?;
+        let response = self.http.get(url).send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(unreachable(format!("HTTP {}", response.status())));
+        }
+        let header = |name| {
+            response.headers().get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::to_owned)
+        };
+        let (content_type, disposition) =
+            (header(reqwest::header::CONTENT_TYPE), header(reqwest::header::CONTENT_DISPOSITION));
+        let bytes = read_limited(response, limit).await.map_err(unreachable)?;
+        Ok((content_type, disposition, bytes))
+    }
+
+    /// Discovery, the private-address check, the signature: the request, sent.
+    async fn send(
+        &self,
+        method: Method,
+        destination: &str,
+        path: &str,
+        body: Option<&Value>,
+        signed: bool,
+    ) -> Result<reqwest::Response, FederationError> {
         if destination == self.server_name {
             return Err(FederationError::BadServerName(format!("{destination} (that is this server)")));
         }
@@ -155,22 +230,7 @@ impl FederationClient {
                     .map_err(FederationError::Invalid)?;
             request = request.header(reqwest::header::AUTHORIZATION, header.to_header());
         }
-        let response = request.send().await.map_err(|e| unreachable(error_chain(&e)))?;
-        let status = response.status();
-        let bytes = read_limited(response).await.map_err(unreachable)?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            FederationError::Invalid(format!(
-                "{destination} answered {path} with something that is not JSON (HTTP {status})"
-            ))
-        })?;
-        if !status.is_success() {
-            return Err(FederationError::Remote {
-                server: destination.to_owned(),
-                status: status.as_u16(),
-                body: value,
-            });
-        }
-        Ok(value)
+        request.send().await.map_err(|e| unreachable(error_chain(&e)))
     }
 
     /// `/.well-known/matrix/server` of `host`: the delegated name and how long to trust it.
@@ -183,7 +243,7 @@ impl FederationClient {
         let ttl = discovery::well_known_ttl(
             response.headers().get(reqwest::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()),
         );
-        let body = read_limited(response).await.ok()?;
+        let body = read_limited(response, WELL_KNOWN_LIMIT).await.ok()?;
         discovery::parse_well_known(&body).map(|name| (name, ttl))
     }
 
@@ -203,10 +263,13 @@ impl FederationClient {
     }
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    if response.content_length().is_some_and(|len| len > limit as u64) {
+        return Err("the response is too large".into());
+    }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| error_chain(&e))? {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+        if body.len() + chunk.len() > limit {
             return Err("the response is too large".into());
         }
         body.extend_from_slice(&chunk);

@@ -97,6 +97,29 @@ impl Storage {
     pub async fn media(&self, media_id: &str) -> Result<Option<MediaItem>> {
         media(&mut *self.pool.acquire().await?, media_id).await
     }
+
+    /// Another server's media item, if we keep a copy.
+    pub async fn remote_media(&self, origin: &str, media_id: &str) -> Result<Option<MediaItem>> {
+        let row = sqlx::query(
+            "SELECT content_type, upload_name, size, sha256 FROM remote_media WHERE origin = $1 AND media_id = $2",
+        )
+        .bind(origin)
+        .bind(media_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(MediaItem {
+                media_id: media_id.to_owned(),
+                uploader: String::new(),
+                content_type: r.try_get(0)?,
+                upload_name: r.try_get(1)?,
+                size: Some(r.try_get(2)?),
+                sha256: Some(r.try_get(3)?),
+                unused_expires_ts: None,
+            })
+        })
+        .transpose()
+    }
 }
 
 impl MediaWrite {
@@ -152,10 +175,38 @@ impl MediaWrite {
         Ok(item)
     }
 
-    /// How many media items use the bytes `sha256`.
+    /// Records a copy of another server's media item.
+    pub async fn insert_remote(
+        &mut self,
+        origin: &str,
+        media_id: &str,
+        fetched: &Uploaded<'_>,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO remote_media (origin, media_id, content_type, upload_name, size, sha256, fetched_ts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (origin, media_id) DO NOTHING",
+        )
+        .bind(origin)
+        .bind(media_id)
+        .bind(fetched.content_type)
+        .bind(fetched.upload_name)
+        .bind(fetched.size)
+        .bind(fetched.sha256)
+        .bind(now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// How many media items (ours, and copies of other servers') use the bytes `sha256`.
     pub async fn references(&mut self, sha256: &str) -> Result<i64> {
-        let row =
-            sqlx::query("SELECT COUNT(*) FROM media WHERE sha256 = $1").bind(sha256).fetch_one(&mut *self.tx).await?;
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM media WHERE sha256 = $1) + (SELECT COUNT(*) FROM remote_media WHERE sha256 = $1)",
+        )
+        .bind(sha256)
+        .fetch_one(&mut *self.tx)
+        .await?;
         Ok(row.try_get(0)?)
     }
 

@@ -155,8 +155,9 @@ fn wanted(header: Option<&str>, size: u64) -> Wanted {
     }
 }
 
-/// A media item of this server by its `mxc://` server name and media ID; a reserved one is
-/// waited for up to `timeout_ms` (the spec's default when `None`).
+/// A media item by its `mxc://` server name and media ID: ours (a reserved one is waited for up
+/// to `timeout_ms`, the spec's default when `None`), or another server's, fetched over
+/// federation the first time.
 pub async fn local_media(
     state: &AppState,
     server_name: &str,
@@ -164,8 +165,10 @@ pub async fn local_media(
     timeout_ms: Option<i64>,
 ) -> Result<(MediaItem, String), MatrixError> {
     if server_name != state.config.server_name {
-        // Remote media arrives with federation.
-        return Err(MatrixError::not_found("Media of other servers is not available"));
+        if state.federation_client.is_none() {
+            return Err(MatrixError::not_found("Media of other servers is not available"));
+        }
+        return crate::federation::media::remote_media(state, server_name, media_id, timeout_ms).await;
     }
     let wait = timeout_ms.map_or(DEFAULT_WAIT_MS, |ms| u64::try_from(ms).unwrap_or(0)).min(MAX_WAIT_MS);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);

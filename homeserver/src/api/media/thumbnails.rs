@@ -70,8 +70,28 @@ pub async fn thumbnail(
     state: &AppState,
     item: &MediaItem,
     sha256: &str,
-    (want, method): ((u32, u32), Method),
+    want: ((u32, u32), Method),
 ) -> Result<Thumbnail, MatrixError> {
+    let (body, content_type, length) = thumbnail_body(state, item, sha256, want).await?;
+    let extension = content_type.rsplit('/').next().unwrap_or("png");
+    Ok(Thumbnail::Ok(
+        Binary(body),
+        content_type.to_owned(),
+        format!("inline; filename=\"thumbnail.{extension}\""),
+        CONTENT_SECURITY_POLICY.to_owned(),
+        "nosniff".to_owned(),
+        "cross-origin".to_owned(),
+        length,
+    ))
+}
+
+/// The thumbnail's bytes, type and length (see [`thumbnail`]).
+pub async fn thumbnail_body(
+    state: &AppState,
+    item: &MediaItem,
+    sha256: &str,
+    (want, method): ((u32, u32), Method),
+) -> Result<(Body, &'static str, u64), MatrixError> {
     let source_size = u64::try_from(item.size.unwrap_or(0)).unwrap_or(0);
     let header = header(state, sha256, source_size).await?;
     let rendered = match Size::choose((header.width, header.height), want, method) {
@@ -90,16 +110,7 @@ pub async fn thumbnail(
             (Body::from_bytes_stream(object.into_stream().map_err(std::io::Error::other)), header.content_type, length)
         }
     };
-    let extension = content_type.rsplit('/').next().unwrap_or("png");
-    Ok(Thumbnail::Ok(
-        Binary(body),
-        content_type.to_owned(),
-        format!("inline; filename=\"thumbnail.{extension}\""),
-        CONTENT_SECURITY_POLICY.to_owned(),
-        "nosniff".to_owned(),
-        "cross-origin".to_owned(),
-        length,
-    ))
+    Ok((body, content_type, length))
 }
 
 /// The header of the image `sha256`: cached, or read (then cached, failures too).
