@@ -144,6 +144,23 @@ async fn servers_exchange_keys_and_answer_signed_queries() {
         assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{what}: {body}");
     }
 
+    // A rotates its signing key: the old one stays published as old, and B, which cached the
+    // old one, picks up the new one when A's requests are signed with it.
+    a.stop().await;
+    let old_id = keys[0].0.clone();
+    let data = a.config.data_dir.clone();
+    let new_key = SigningKey::rotate(&data.join("signing.key"), &data.join("old_signing_keys.json"), 1).unwrap();
+    assert_ne!(new_key.key_id(), old_id);
+    let mut a = a.restart().await;
+    let alice = alice.on(&a);
+    let document: Value =
+        https.get(format!("{}/_matrix/key/v2/server", federation_url(&a))).send().await.unwrap().json().await.unwrap();
+    assert!(document["verify_keys"][new_key.key_id()].is_object(), "{document}");
+    assert_eq!(document["old_verify_keys"][&old_id]["expired_ts"], 1, "{document}");
+    verify_key_document(&document, &a.config.server_name).unwrap();
+    bob.put(&format!("/profile/{}/displayname", encode(&bob.user_id)), json!({ "displayname": "Bob B." })).await;
+    assert_eq!(alice.get(&format!("/profile/{}", encode(&bob.user_id))).await["displayname"], "Bob B.");
+
     a.stop().await;
     b.stop().await;
 }

@@ -3,7 +3,10 @@
 mod signing_key;
 
 pub(crate) use signing_key::LENIENT_BASE64;
-pub use signing_key::{SigningKey, SigningKeyError};
+
+/// The file in the data directory that keeps rotated-out signing keys.
+pub const OLD_KEYS_FILE: &str = "old_signing_keys.json";
+pub use signing_key::{OldKey, SigningKey, SigningKeyError, load_old_keys};
 
 use base64::Engine;
 use ruma_common::CanonicalJsonObject;

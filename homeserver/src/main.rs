@@ -30,6 +30,9 @@ enum Command {
     Openapi,
     /// Check the configuration and exit.
     CheckConfig,
+    /// Replace the server's signing key with a new one (run while the server is stopped). The
+    /// old key stays published as an `old_verify_keys` entry, so what it signed still verifies.
+    RotateSigningKey,
 }
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +53,15 @@ fn start(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref()).context("configuration")?;
     if let Some(Command::CheckConfig) = cli.command {
         println!("configuration is valid");
+        return Ok(());
+    }
+    if let Some(Command::RotateSigningKey) = cli.command {
+        let path = config.data_dir.join("signing.key");
+        let old_path = config.data_dir.join(myelin_homeserver::crypto::OLD_KEYS_FILE);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let new = myelin_homeserver::crypto::SigningKey::rotate(&path, &old_path, now)?;
+        println!("new signing key {}; the old one is kept in {}", new.key_id(), old_path.display());
         return Ok(());
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));

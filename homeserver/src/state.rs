@@ -23,6 +23,8 @@ pub struct Inner {
     pub storage: Storage,
     /// The server's signing key.
     pub signing_key: Arc<SigningKey>,
+    /// Keys it signed with before rotations, by key ID.
+    pub old_signing_keys: std::collections::BTreeMap<String, crate::crypto::OldKey>,
     /// Request rate limits.
     pub limits: Limiters,
     /// The latest event stream position; waiting syncs watch it.
@@ -50,6 +52,8 @@ impl AppState {
         media: MediaStore,
         stream_position: i64,
     ) -> Result<Self, FederationError> {
+        let old_signing_keys = crate::crypto::load_old_keys(&config.data_dir.join(crate::crypto::OLD_KEYS_FILE))
+            .map_err(|e| FederationError::Setup(e.to_string()))?;
         let limits = Limiters::new(&config.rate_limits);
         let notifier = Arc::new(tokio::sync::watch::Sender::new(stream_position));
         let signing_key = Arc::new(signing_key);
@@ -60,6 +64,7 @@ impl AppState {
             config,
             storage,
             signing_key,
+            old_signing_keys,
             limits,
             notifier,
             writer,

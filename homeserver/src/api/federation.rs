@@ -110,7 +110,7 @@ fn version() -> Json<Value> {
 /// `GET /_matrix/key/v2/server`: our keys, self-signed.
 #[handler]
 fn server_keys(state: Data<&AppState>) -> ApiResult<Json<Value>> {
-    Ok(Json(keys::own_key_document(&state.config.server_name, &state.signing_key)?))
+    Ok(Json(keys::own_key_document(&state.config.server_name, &state.signing_key, &state.old_signing_keys)?))
 }
 
 #[derive(Deserialize)]

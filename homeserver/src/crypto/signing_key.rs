@@ -136,6 +136,46 @@ impl SigningKey {
     }
 }
 
+/// A key this server signed with before a rotation: still published (as `old_verify_keys`)
+/// so that what it signed keeps verifying.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OldKey {
+    /// The public key, unpadded base64.
+    pub key: String,
+    /// When it stopped being used (ms).
+    pub expired_ts: i64,
+}
+
+/// The old keys kept in `path` (`{key_id: {key, expired_ts}}`); none if the file is missing.
+pub fn load_old_keys(path: &Path) -> Result<std::collections::BTreeMap<String, OldKey>, SigningKeyError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|_| SigningKeyError::Malformed {
+            path: path.display().to_string(),
+            reason: "expected {key_id: {key, expired_ts}}",
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(source) => Err(SigningKeyError::Io { path: path.display().to_string(), source }),
+    }
+}
+
+impl SigningKey {
+    /// Replaces the key in `path` with a new one. The old key is first added to `old_path` as
+    /// expired at `now`, so that a crash in between leaves it both current and listed (harmless)
+    /// rather than lost. Returns the new key.
+    pub fn rotate(path: &Path, old_path: &Path, now: i64) -> Result<Self, SigningKeyError> {
+        let current = Self::load_or_generate(path)?;
+        let mut old = load_old_keys(old_path)?;
+        old.insert(current.key_id(), OldKey { key: current.public_key_base64(), expired_ts: now });
+        let json = serde_json::to_vec_pretty(&old).expect("old keys serialize");
+        let io = |path: &Path, source| SigningKeyError::Io { path: path.display().to_string(), source };
+        write_atomically(old_path, &json).map_err(|e| io(old_path, e))?;
+        let new = Self::generate()
+            .map_err(|reason| SigningKeyError::Malformed { path: path.display().to_string(), reason })?;
+        write_atomically(path, new.to_file_contents().as_bytes()).map_err(|e| io(path, e))?;
+        Ok(new)
+    }
+}
+
 /// Writes a file so that a crash leaves either no file or the whole file: temp file, fsync,
 /// rename, fsync of the directory.
 fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {

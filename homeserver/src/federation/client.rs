@@ -76,7 +76,7 @@ impl FederationClient {
             .connect_timeout(Duration::from_secs(10))
             .https_only(true)
             .no_proxy()
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(redirect_policy(config.federation.allow_private_addresses))
             .user_agent(concat!("Myelin/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &config.federation.trusted_ca {
             let pem =
@@ -261,6 +261,30 @@ impl FederationClient {
             Err(format!("{ip} is a private address (federation.allow_private_addresses is off)"))
         }
     }
+}
+
+/// Follows up to five redirects, never to plain HTTP and never to a private IP literal (a
+/// host name goes through the guarded resolver anyway; a literal would bypass it).
+fn redirect_policy(allow_private: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 5 {
+            return attempt.error("too many redirects");
+        }
+        if attempt.url().scheme() != "https" {
+            return attempt.error("a redirect away from HTTPS");
+        }
+        let ip = match attempt.url().host() {
+            Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        };
+        match ip {
+            Some(ip) if !allow_private && !discovery::is_public(ip) => {
+                attempt.error(format!("a redirect to the private address {ip}"))
+            }
+            _ => attempt.follow(),
+        }
+    })
 }
 
 async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {

@@ -15,12 +15,16 @@ const OWN_KEYS_VALIDITY_MS: i64 = 24 * 3600 * 1000;
 const MAX_KEY_VALIDITY_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Our signed key document (`GET /_matrix/key/v2/server`).
-pub fn own_key_document(server_name: &str, key: &SigningKey) -> Result<Value, FederationError> {
+pub fn own_key_document(
+    server_name: &str,
+    key: &SigningKey,
+    old: &std::collections::BTreeMap<String, crate::crypto::OldKey>,
+) -> Result<Value, FederationError> {
     let document = json!({
         "server_name": server_name,
         "valid_until_ts": now_ms() + OWN_KEYS_VALIDITY_MS,
         "verify_keys": { key.key_id(): { "key": key.public_key_base64() } },
-        "old_verify_keys": {},
+        "old_verify_keys": old,
     });
     sign(server_name, key, document)
 }
@@ -75,10 +79,11 @@ pub async fn server_key(
 ) -> Result<String, FederationError> {
     if server_name == state.config.server_name {
         let own = &state.signing_key;
-        return if key_id == own.key_id() {
-            Ok(own.public_key_base64())
-        } else {
-            Err(FederationError::Invalid(format!("{key_id} is not one of our keys")))
+        return match state.old_signing_keys.get(key_id) {
+            _ if key_id == own.key_id() => Ok(own.public_key_base64()),
+            Some(old) if old.expired_ts >= at_ts => Ok(old.key.clone()),
+            Some(_) => Err(FederationError::Invalid(format!("our key {key_id} had expired by then"))),
+            None => Err(FederationError::Invalid(format!("{key_id} is not one of our keys"))),
         };
     }
     let usable = |key: &ServerKey| key.valid_until_ts >= at_ts;
@@ -116,7 +121,7 @@ pub async fn notary_documents(
     minimum_valid_until_ts: i64,
 ) -> Result<Vec<Value>, FederationError> {
     if server_name == state.config.server_name {
-        return Ok(vec![own_key_document(server_name, &state.signing_key)?]);
+        return Ok(vec![own_key_document(server_name, &state.signing_key, &state.old_signing_keys)?]);
     }
     let cached = state.storage.server_key_responses(server_name).await?;
     let fresh = cached.iter().any(|(_, valid_until)| *valid_until >= minimum_valid_until_ts);
@@ -142,10 +147,16 @@ mod tests {
     #[test]
     fn our_document_verifies_and_tampering_is_caught() {
         let key = SigningKey::spec_test_vector();
-        let document = own_key_document("a.example", &key).unwrap();
+        let old = std::collections::BTreeMap::from([(
+            "ed25519:old".to_owned(),
+            crate::crypto::OldKey { key: "b2xkIGtleQ".into(), expired_ts: 1000 },
+        )]);
+        let document = own_key_document("a.example", &key, &old).unwrap();
         let keys = verify_key_document(&document, "a.example").unwrap();
-        assert_eq!(keys.len(), 1);
+        assert_eq!(keys.len(), 2, "the current key and the old one");
         assert_eq!(keys[0].0, "ed25519:1");
+        assert_eq!(keys[1].0, "ed25519:old");
+        assert_eq!(keys[1].1.expired_ts, Some(1000));
         assert_eq!(keys[0].1.public_key, key.public_key_base64());
         assert!(verify_key_document(&document, "b.example").is_err(), "another server's name");
         let mut tampered = document.clone();
