@@ -195,6 +195,26 @@ impl<A: poem::listener::Acceptor> poem::listener::Acceptor for ConfigFirst<A> {
     }
 }
 
+/// Whether a PEM certificate chain and key make a usable TLS server configuration.
+fn check_certificate(cert: &[u8], key: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the certificate is not PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("no certificate in the file".to_owned());
+    }
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("the key is not PEM: {e}"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map(|_| ())
+        .map_err(|e| format!("the certificate and key do not go together: {e}"))
+}
+
 /// The federation listener's certificate and key, read once at start-up.
 fn federation_tls(config: &config::Federation) -> Result<poem::listener::RustlsConfig, RunError> {
     let read = |key: &str, path: &Option<std::path::PathBuf>| -> Result<Vec<u8>, RunError> {
@@ -204,8 +224,11 @@ fn federation_tls(config: &config::Federation) -> Result<poem::listener::RustlsC
         std::fs::read(path)
             .map_err(|e| federation::FederationError::Setup(format!("federation.{key} {}: {e}", path.display())).into())
     };
-    let certificate = poem::listener::RustlsCertificate::new()
-        .cert(read("tls_cert", &config.tls_cert)?)
-        .key(read("tls_key", &config.tls_key)?);
+    let (cert, key) = (read("tls_cert", &config.tls_cert)?, read("tls_key", &config.tls_key)?);
+    // Checked now: poem would only log a bad certificate and leave the listener refusing
+    // every connection while the rest of the server runs.
+    check_certificate(&cert, &key)
+        .map_err(|reason| federation::FederationError::Setup(format!("federation.tls_cert / tls_key: {reason}")))?;
+    let certificate = poem::listener::RustlsCertificate::new().cert(cert).key(key);
     Ok(poem::listener::RustlsConfig::new().fallback(certificate))
 }

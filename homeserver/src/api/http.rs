@@ -59,6 +59,9 @@ fn strip_empty_state_key(req: &mut Request) {
     }
 }
 
+/// The body limit of the federation listener's requests (at least).
+pub const FEDERATION_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
 /// Reads a JSON request body up to the configured limit and checks that it is JSON.
 ///
 /// The body is then handed on as `application/json` whatever the client's `Content-Type`
@@ -75,7 +78,11 @@ async fn prepare_body(req: &mut Request) -> Result<(), MatrixError> {
     if !matches!(*req.method(), Method::POST | Method::PUT | Method::DELETE | Method::PATCH) {
         return Ok(());
     }
-    let limit = req.data::<AppState>().map_or(1024 * 1024, |s| s.config.limits.max_request_body);
+    let mut limit = req.data::<AppState>().map_or(1024 * 1024, |s| s.config.limits.max_request_body);
+    if req.uri().path().starts_with("/_matrix/federation/") {
+        // A transaction holds up to 50 PDUs of 64 KiB and 100 EDUs.
+        limit = limit.max(FEDERATION_BODY_LIMIT);
+    }
     let too_large = || MatrixError::new(ErrCode::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, "Request body too large");
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());

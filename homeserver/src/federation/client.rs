@@ -17,8 +17,12 @@ use crate::crypto::SigningKey;
 
 /// How long one request to another server may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// The largest JSON response read from another server.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// The largest JSON response read from another server (a `send_join` state can be large).
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// The largest key document read.
+const SMALL_RESPONSE_BYTES: usize = 64 * 1024;
+/// How long a failed key fetch keeps us from asking that server again.
+const KEY_FAILURE_TTL: Duration = Duration::from_secs(60);
 /// A delegation document is a few bytes.
 const WELL_KNOWN_LIMIT: usize = 64 * 1024;
 
@@ -30,6 +34,7 @@ pub struct FederationClient {
     server_name: String,
     key: Arc<SigningKey>,
     allow_private: bool,
+    key_failures: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// Resolves host names for outbound requests, refusing private addresses unless allowed, and
@@ -99,6 +104,7 @@ impl FederationClient {
             server_name: config.server_name.clone(),
             key,
             allow_private: config.federation.allow_private_addresses,
+            key_failures: Default::default(),
         })
     }
 
@@ -122,10 +128,31 @@ impl FederationClient {
         self.request(Method::PUT, destination, path, Some(body), true).await
     }
 
-    /// A GET without signature (the key endpoints take none: the other server may need our
-    /// keys to check a signature, and must not have to ask us back first).
-    pub async fn get_unsigned(&self, destination: &str, path: &str) -> Result<Value, FederationError> {
-        self.request(Method::GET, destination, path, None, false).await
+    /// A GET without signature of a small document (a key document: the other server may
+    /// need our keys to check a signature, and must not have to ask us back first).
+    pub async fn get_small(&self, destination: &str, path: &str) -> Result<Value, FederationError> {
+        self.request_limited(Method::GET, destination, path, None, false, SMALL_RESPONSE_BYTES).await
+    }
+
+    /// Refuses to fetch `server`'s keys again within a minute of a failure.
+    pub fn recent_key_failure(&self, server: &str) -> Result<(), FederationError> {
+        let mut failures = self.key_failures.lock().expect("key failures");
+        failures.retain(|_, at| at.elapsed() < KEY_FAILURE_TTL);
+        match failures.get(server) {
+            Some(_) => Err(FederationError::Unreachable {
+                server: server.to_owned(),
+                reason: "its keys could not be fetched a moment ago".to_owned(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Remembers that fetching `server`'s keys failed.
+    pub fn note_key_failure(&self, server: &str) {
+        let mut failures = self.key_failures.lock().expect("key failures");
+        if failures.len() < 10_000 {
+            failures.insert(server.to_owned(), std::time::Instant::now());
+        }
     }
 
     async fn request(
@@ -136,9 +163,21 @@ impl FederationClient {
         body: Option<&Value>,
         signed: bool,
     ) -> Result<Value, FederationError> {
+        self.request_limited(method, destination, path, body, signed, MAX_RESPONSE_BYTES).await
+    }
+
+    async fn request_limited(
+        &self,
+        method: Method,
+        destination: &str,
+        path: &str,
+        body: Option<&Value>,
+        signed: bool,
+        limit: usize,
+    ) -> Result<Value, FederationError> {
         let response = self.send(method, destination, path, body, signed).await?;
         let status = response.status();
-        let bytes = read_limited(response, MAX_RESPONSE_BYTES)
+        let bytes = read_limited(response, limit)
             .await
             .map_err(|reason| FederationError::Unreachable { server: destination.to_owned(), reason })?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|_| {

@@ -54,8 +54,14 @@ fn split_server_name(name: &str) -> Result<(String, Option<u16>), FederationErro
     }
 }
 
+/// The address a host is, if it is one: as URLs read hosts, so `127.1` and `2130706433`
+/// count (they would reach the address without a DNS lookup).
 fn ip_literal(host: &str) -> Option<IpAddr> {
-    host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+    match url::Host::parse(host).ok()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
 }
 
 /// Whether an address is on the public internet (not loopback, private, link-local, …).

@@ -100,10 +100,34 @@ pub async fn server_key(
     }
 }
 
-/// Fetches `server_name`'s key document, verifies and caches it; returns it.
+/// A current key of `server_name` for checking a request's signature: old keys sign events
+/// of the past, never requests.
+pub async fn request_key(state: &AppState, server_name: &str, key_id: &str) -> Result<String, FederationError> {
+    if server_name != state.config.server_name
+        && let Some(key) = state.storage.server_key(server_name, key_id).await?
+        && key.expired_ts.is_some()
+    {
+        return Err(FederationError::Invalid(format!("{server_name}'s key {key_id} is retired")));
+    }
+    if server_name == state.config.server_name && key_id != state.signing_key.key_id() {
+        return Err(FederationError::Invalid(format!("{key_id} is not our current key")));
+    }
+    server_key(state, server_name, key_id, now_ms()).await
+}
+
+/// Fetches `server_name`'s key document, verifies and caches it; returns it. A server whose
+/// fetch failed is not asked again for a minute, so that unsigned requests naming it cannot
+/// make us hammer it (or ourselves).
 pub async fn fetch_keys(state: &AppState, server_name: &str) -> Result<Value, FederationError> {
     let client = state.federation()?;
-    let document = client.get_unsigned(server_name, "/_matrix/key/v2/server").await?;
+    client.recent_key_failure(server_name)?;
+    let document = match client.get_small(server_name, "/_matrix/key/v2/server").await {
+        Ok(document) => document,
+        Err(err) => {
+            client.note_key_failure(server_name);
+            return Err(err);
+        }
+    };
     let mut keys = verify_key_document(&document, server_name)?;
     let now = now_ms();
     for (_, key) in &mut keys {

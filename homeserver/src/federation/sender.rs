@@ -72,6 +72,12 @@ async fn deliver(state: &AppState, destination: &str, owner: &str) -> Result<(),
             return Ok(());
         };
         let body = transaction_body(client.server_name(), &transaction);
+        if let Err(err) = ruma_common::CanonicalJsonValue::try_from(body.clone()) {
+            // It can never be signed, so never sent: retrying would hold up everything behind it.
+            tracing::error!(%destination, txn_id = %transaction.txn_id, error = %err, "dropping an unsendable transaction");
+            state.storage.transaction_sent(destination, owner, &transaction.txn_id).await?;
+            continue;
+        }
         let path = format!("/_matrix/federation/v1/send/{}", transaction.txn_id);
         match client.put(destination, &path, &body).await {
             Ok(answer) => {
@@ -80,7 +86,7 @@ async fn deliver(state: &AppState, destination: &str, owner: &str) -> Result<(),
                         tracing::info!(%destination, %event_id, %error, "the destination refused a PDU");
                     }
                 }
-                state.storage.transaction_sent(destination, transaction.last_id).await?;
+                state.storage.transaction_sent(destination, owner, &transaction.txn_id).await?;
             }
             Err(err) => {
                 let failures = state.storage.destination_failures(destination).await?;

@@ -168,14 +168,16 @@ async fn federation_queue_and_server_keys(backend: TestBackend) {
     let retry = s.next_transaction("b.example").await.unwrap().unwrap();
     assert_eq!(retry, first, "a retry sends exactly the same transaction");
     assert_eq!(s.destination_failures("b.example").await.unwrap(), 1);
-    s.transaction_sent("b.example", retry.last_id).await.unwrap();
+    s.transaction_sent("b.example", "p1", &retry.txn_id).await.unwrap();
+    assert_eq!(s.destination_failures("b.example").await.unwrap(), 1, "p1 lost the lease: it cannot acknowledge");
+    s.transaction_sent("b.example", "p2", &retry.txn_id).await.unwrap();
     assert_eq!(s.destination_failures("b.example").await.unwrap(), 0);
     let second = s.next_transaction("b.example").await.unwrap().unwrap();
     assert_ne!(second.txn_id, first.txn_id);
     assert_eq!((second.pdus.len(), second.edus.len()), (10, 4), "the rest, in order");
     assert_eq!(second.pdus[0], "{\"n\":50}");
     assert_eq!(second.edus[3], "{\"n\":63}");
-    s.transaction_sent("b.example", second.last_id).await.unwrap();
+    s.transaction_sent("b.example", "p2", &second.txn_id).await.unwrap();
     assert_eq!(s.next_transaction("b.example").await.unwrap(), None);
 
     // Hearing from a backed-off server makes it due at once.

@@ -31,6 +31,8 @@ pub struct PendingTransaction {
 /// The spec's limits on one transaction.
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
+/// The most JSON one transaction carries (receivers limit request bodies; ours takes 16 MiB).
+pub const MAX_TRANSACTION_BYTES: usize = 4 * 1024 * 1024;
 
 /// Queues items inside a caller's write transaction, so they are sent if and only if what
 /// caused them commits.
@@ -118,64 +120,79 @@ impl Storage {
         Ok(())
     }
 
-    /// The transaction to send to `destination` next: the one in flight again, or a new one
-    /// of the oldest queued items (in queue order, within the spec's limits).
+    /// The transaction to send to `destination` next: the one in flight again (exactly its
+    /// rows), or a new one of the oldest queued items, in queue order, within the spec's
+    /// limits and [`MAX_TRANSACTION_BYTES`] (always at least one item).
     pub async fn next_transaction(&self, destination: &str) -> Result<Option<PendingTransaction>> {
         let mut tx = self.begin_write().await?;
-        let in_flight = sqlx::query("SELECT txn_id, txn_last_id FROM federation_destinations WHERE destination = $1")
-            .bind(destination)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let in_flight: Option<(String, i64)> = match in_flight {
-            Some(row) => match (row.try_get::<Option<String>, _>(0)?, row.try_get::<Option<i64>, _>(1)?) {
-                (Some(txn_id), Some(last_id)) => Some((txn_id, last_id)),
-                _ => None,
-            },
-            None => None,
-        };
+        let in_flight: Option<String> =
+            sqlx::query("SELECT txn_id FROM federation_destinations WHERE destination = $1")
+                .bind(destination)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|row| row.try_get::<Option<String>, _>(0))
+                .transpose()?
+                .flatten();
         let limit = i64::try_from(MAX_PDUS + MAX_EDUS).unwrap_or(150);
-        let rows = match &in_flight {
-            Some((_, last_id)) => {
-                sqlx::query(
-                    "SELECT id, kind, json FROM federation_outbox WHERE destination = $1 AND id <= $2 ORDER BY id",
+        let rows =
+            match &in_flight {
+                Some(txn_id) => sqlx::query(
+                    "SELECT id, kind, json FROM federation_outbox WHERE destination = $1 AND txn_id = $2 ORDER BY id",
                 )
                 .bind(destination)
-                .bind(last_id)
+                .bind(txn_id)
                 .fetch_all(&mut *tx)
-                .await?
-            }
-            None => {
-                sqlx::query("SELECT id, kind, json FROM federation_outbox WHERE destination = $1 ORDER BY id LIMIT $2")
+                .await?,
+                None => {
+                    sqlx::query(
+                        "SELECT id, kind, json FROM federation_outbox WHERE destination = $1 AND txn_id IS NULL \
+                     ORDER BY id LIMIT $2",
+                    )
                     .bind(destination)
                     .bind(limit)
                     .fetch_all(&mut *tx)
                     .await?
-            }
-        };
-        let (mut pdus, mut edus, mut first_id, mut last_id) = (Vec::new(), Vec::new(), None, None);
+                }
+            };
+        let (mut pdus, mut edus, mut ids, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), 0usize);
         for row in &rows {
             let (id, kind, json): (i64, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
             let full = if kind == "pdu" { pdus.len() >= MAX_PDUS } else { edus.len() >= MAX_EDUS };
-            // Queue order is kept: the transaction ends before the first item that does not fit.
-            if full && in_flight.is_none() {
+            // Queue order is kept: a new transaction ends before the first item that does not fit.
+            if in_flight.is_none() && !ids.is_empty() && (full || bytes + json.len() > MAX_TRANSACTION_BYTES) {
                 break;
             }
+            bytes += json.len();
             if kind == "pdu" {
-                pdus.push(json)
+                pdus.push(json);
             } else {
-                edus.push(json)
+                edus.push(json);
             }
-            first_id.get_or_insert(id);
-            last_id = Some(id);
+            ids.push(id);
         }
-        let Some(last_id) = last_id else {
+        let Some(&last_id) = ids.last() else {
+            if in_flight.is_some() {
+                // Nothing left of it: start anew.
+                sqlx::query("UPDATE federation_destinations SET txn_id = NULL WHERE destination = $1")
+                    .bind(destination)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
             return Ok(None);
         };
         let txn_id = match in_flight {
-            Some((txn_id, _)) => txn_id,
+            Some(txn_id) => txn_id,
             None => {
-                let txn_id = format!("{}-{last_id}", first_id.unwrap_or(last_id));
+                // Unique across database restores too: a receiver drops a repeated ID unseen.
+                let txn_id = format!("{}-{last_id}-{}", ids[0], uuid::Uuid::new_v4().simple());
+                for id in &ids {
+                    sqlx::query("UPDATE federation_outbox SET txn_id = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(&txn_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 sqlx::query("UPDATE federation_destinations SET txn_id = $2, txn_last_id = $3 WHERE destination = $1")
                     .bind(destination)
                     .bind(&txn_id)
@@ -189,21 +206,28 @@ impl Storage {
         Ok(Some(PendingTransaction { txn_id, last_id, pdus, edus }))
     }
 
-    /// The destination acknowledged the transaction ending at `last_id`.
-    pub async fn transaction_sent(&self, destination: &str, last_id: i64) -> Result<()> {
+    /// The destination acknowledged transaction `txn_id`: its rows go. Only the lease holder
+    /// may say so (a process that lost its lease must not clear another's transaction).
+    pub async fn transaction_sent(&self, destination: &str, owner: &str, txn_id: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM federation_outbox WHERE destination = $1 AND id <= $2")
-            .bind(destination)
-            .bind(last_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
+        let ours = sqlx::query(
             "UPDATE federation_destinations SET txn_id = NULL, txn_last_id = NULL, failures = 0, retry_at = 0 \
-             WHERE destination = $1",
+             WHERE destination = $1 AND lease_owner = $2 AND txn_id = $3",
         )
         .bind(destination)
+        .bind(owner)
+        .bind(txn_id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            == 1;
+        if ours {
+            sqlx::query("DELETE FROM federation_outbox WHERE destination = $1 AND txn_id = $2")
+                .bind(destination)
+                .bind(txn_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await
     }
 

@@ -57,9 +57,10 @@ impl Storage {
             Err(Error::Conflict { .. }) => return Ok(None),
             Err(other) => return Err(other),
         }
-        // Messages for other servers' users leave with the same transaction.
-        super::federation_queue::enqueue(&mut tx, remote, now).await?;
         let position = next_position(&mut tx).await?;
+        // Messages for other servers' users leave with the same transaction; queued after the
+        // stream position is taken, whose row lock orders writers, so queue order is commit order.
+        super::federation_queue::enqueue(&mut tx, remote, now).await?;
         for recipient in recipients {
             let devices: Vec<String> = if recipient.device_id == "*" {
                 sqlx::query("SELECT device_id FROM devices WHERE user_id = $1")

@@ -56,6 +56,14 @@ impl ToDeviceApi {
             };
             let server = parsed.server_name().as_str();
             if server != state.config.server_name {
+                // What cannot be signed cannot travel: refused now rather than stuck in the queue.
+                if let Err(err) =
+                    ruma_common::CanonicalJsonValue::try_from(serde_json::to_value(&devices).unwrap_or_default())
+                {
+                    return Err(MatrixError::bad_json(format!(
+                        "Messages for other servers must be canonical JSON: {err}"
+                    )));
+                }
                 remote.entry(server.to_owned()).or_default().insert(user_id, devices);
                 continue;
             }
