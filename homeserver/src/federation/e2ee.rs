@@ -35,6 +35,31 @@ pub fn by_server<T: Clone>(
     (local, remote)
 }
 
+/// POSTs `{field: users}` to `path` of every server at once, each answer within `timeout`;
+/// a server that fails gets its `failures` entry instead.
+async fn ask_all<T: serde::Serialize>(
+    state: &AppState,
+    remote: BTreeMap<String, T>,
+    path: &str,
+    field: &str,
+    timeout: Duration,
+) -> Vec<(String, Result<Value, Value>)> {
+    let asks = remote.into_iter().map(|(server, users)| async move {
+        let answer = match state.federation() {
+            Ok(client) => {
+                let body = json!({ field: users });
+                match tokio::time::timeout(timeout, client.post(&server, path, &body)).await {
+                    Ok(answer) => answer.map_err(|e| failure(&e)),
+                    Err(_) => Err(failure(&format!("{server} did not answer in time"))),
+                }
+            }
+            Err(err) => Err(failure(&err)),
+        };
+        (server, answer)
+    });
+    futures_util::future::join_all(asks).await
+}
+
 fn failure(err: &dyn std::fmt::Display) -> Value {
     json!({ "status": 503, "message": err.to_string() })
 }
@@ -48,21 +73,8 @@ pub async fn query_remote(
     timeout: Duration,
     result: &mut QueryResult,
 ) {
-    let asks = remote.into_iter().map(|(server, users)| async move {
-        let answer = match state.federation() {
-            Ok(client) => {
-                let body = json!({ "device_keys": users });
-                let request = client.post(&server, "/_matrix/federation/v1/user/keys/query", &body);
-                match tokio::time::timeout(timeout, request).await {
-                    Ok(answer) => answer.map_err(|e| failure(&e)),
-                    Err(_) => Err(failure(&format!("{server} did not answer in time"))),
-                }
-            }
-            Err(err) => Err(failure(&err)),
-        };
-        (server, answer)
-    });
-    for (server, answer) in futures_util::future::join_all(asks).await {
+    let answers = ask_all(state, remote, "/_matrix/federation/v1/user/keys/query", "device_keys", timeout).await;
+    for (server, answer) in answers {
         let answer = match answer {
             Ok(answer) => answer,
             Err(failure) => {
@@ -95,21 +107,8 @@ pub async fn claim_remote(
     timeout: Duration,
     result: &mut ClaimResult,
 ) {
-    let asks = remote.into_iter().map(|(server, users)| async move {
-        let answer = match state.federation() {
-            Ok(client) => {
-                let body = json!({ "one_time_keys": users });
-                let request = client.post(&server, "/_matrix/federation/v1/user/keys/claim", &body);
-                match tokio::time::timeout(timeout, request).await {
-                    Ok(answer) => answer.map_err(|e| failure(&e)),
-                    Err(_) => Err(failure(&format!("{server} did not answer in time"))),
-                }
-            }
-            Err(err) => Err(failure(&err)),
-        };
-        (server, answer)
-    });
-    for (server, answer) in futures_util::future::join_all(asks).await {
+    let answers = ask_all(state, remote, "/_matrix/federation/v1/user/keys/claim", "one_time_keys", timeout).await;
+    for (server, answer) in answers {
         let answer = match answer {
             Ok(answer) => answer,
             Err(failure) => {
