@@ -129,6 +129,13 @@ async fn servers_exchange_keys_and_answer_signed_queries() {
     let good = XMatrix::sign(&b_key, &b_name, &a_name, "GET", &path, None).unwrap().to_header();
     let (status, body) = send(Some(good)).await;
     assert_eq!((status, &body["displayname"]), (200, &json!("Alice A.")), "{body}");
+    // A signed request missing a parameter: the Matrix error for it.
+    let bare = "/_matrix/federation/v1/query/profile";
+    let header = XMatrix::sign(&b_key, &b_name, &a_name, "GET", bare, None).unwrap().to_header();
+    let response =
+        https.get(format!("{}{bare}", federation_url(&a))).header("Authorization", header).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["errcode"], "M_MISSING_PARAM");
     // No signature, another key claiming to be B, a request meant for another server, or a
     // signature over another path: refused before the endpoint runs.
     let forger = SigningKey::load_or_generate(&tempfile::tempdir().unwrap().path().join("k")).unwrap();

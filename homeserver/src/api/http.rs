@@ -151,6 +151,14 @@ fn error_response(err: poem::Error) -> Response {
         } else {
             MatrixError::invalid_param(format!("Invalid parameter `{}`: {}", param.name, param.reason))
         }
+    } else if let Some(query) = err.downcast_ref::<poem::error::ParseQueryError>() {
+        // Plain poem handlers (the federation listener's) read queries with serde.
+        let reason = query.to_string();
+        if reason.contains("missing field") {
+            MatrixError::new(ErrCode::MissingParam, StatusCode::BAD_REQUEST, format!("Missing parameter: {reason}"))
+        } else {
+            MatrixError::invalid_param(format!("Invalid parameter: {reason}"))
+        }
     } else if let Some(path) = err.downcast_ref::<ParsePathError>() {
         MatrixError::invalid_param(format!("Invalid path parameter `{}`: {}", path.name, path.reason))
     } else if err.is::<poem::error::ParsePathError>() {

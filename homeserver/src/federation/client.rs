@@ -29,7 +29,10 @@ const WELL_KNOWN_LIMIT: usize = 64 * 1024;
 /// Makes signed requests to other homeservers.
 #[derive(Debug)]
 pub struct FederationClient {
+    /// For unsigned fetches (delegation, key documents, media `Location`s): follows redirects.
     http: reqwest::Client,
+    /// For signed requests: follows none.
+    signed_http: reqwest::Client,
     discovery: Discovery,
     server_name: String,
     key: Arc<SigningKey>,
@@ -75,31 +78,44 @@ impl FederationClient {
             allow_private: config.federation.allow_private_addresses,
             overrides: discovery.connect_overrides.clone(),
         };
-        let mut builder = reqwest::Client::builder()
-            .dns_resolver(Arc::new(resolver))
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(10))
-            .https_only(true)
-            .no_proxy()
-            .redirect(redirect_policy(config.federation.allow_private_addresses))
-            .user_agent(concat!("Myelin/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &config.federation.trusted_ca {
-            let pem =
-                std::fs::read(path).map_err(|e| setup(format!("federation.trusted_ca {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| setup(format!("federation.trusted_ca {}: {e}", path.display())))?;
-            builder = builder.tls_certs_merge(certs);
-        }
+        let resolver = Arc::new(resolver);
+        let trusted = match &config.federation.trusted_ca {
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).map_err(|e| setup(format!("federation.trusted_ca {}: {e}", path.display())))?;
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| setup(format!("federation.trusted_ca {}: {e}", path.display())))?
+            }
+            None => Vec::new(),
+        };
         if config.federation.allow_invalid_certificates {
             tracing::warn!(
                 "federation.allow_invalid_certificates is ON: other servers' certificates are not checked, \
                  so anyone on the network path can impersonate any server. Never use this in production."
             );
-            builder = builder.tls_danger_accept_invalid_certs(true);
         }
-        let http = builder.build().map_err(|e| setup(format!("the federation HTTP client: {e}")))?;
+        let build = |redirect: reqwest::redirect::Policy| {
+            let mut builder = reqwest::Client::builder()
+                .dns_resolver(resolver.clone())
+                .timeout(REQUEST_TIMEOUT)
+                .connect_timeout(Duration::from_secs(10))
+                .https_only(true)
+                .no_proxy()
+                .redirect(redirect)
+                .user_agent(concat!("Myelin/", env!("CARGO_PKG_VERSION")))
+                .tls_danger_accept_invalid_certs(config.federation.allow_invalid_certificates);
+            if !trusted.is_empty() {
+                builder = builder.tls_certs_merge(trusted.clone());
+            }
+            builder.build().map_err(|e| setup(format!("the federation HTTP client: {e}")))
+        };
+        let http = build(redirect_policy(config.federation.allow_private_addresses))?;
+        // Signed API requests follow no redirect: the signature names the destination and the
+        // path, and the `Host` header would be carried to another host.
+        let signed_http = build(reqwest::redirect::Policy::none())?;
         Ok(Self {
             http,
+            signed_http,
             discovery,
             server_name: config.server_name.clone(),
             key,
@@ -255,7 +271,8 @@ impl FederationClient {
         let unreachable = |reason: String| FederationError::Unreachable { server: destination.to_owned(), reason };
         self.check_literal(&target.base_url).map_err(unreachable)?;
         let url = format!("{}{path}", target.base_url);
-        let mut request = self.http.request(method.clone(), &url).header(reqwest::header::HOST, &target.host_header);
+        let client = if signed { &self.signed_http } else { &self.http };
+        let mut request = client.request(method.clone(), &url).header(reqwest::header::HOST, &target.host_header);
         if let Some(body) = body {
             request = request.json(body);
         }
