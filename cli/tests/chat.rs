@@ -36,7 +36,8 @@ impl Person {
         person
     }
 
-    async fn run(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    /// The binary with this person's home, secret store and `--json`.
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_myelin"));
         command
             .args(args)
@@ -44,12 +45,18 @@ impl Person {
             .env("MYELIN_HOME", self.home.path())
             .env("MYELIN_KEYRING", self.keyring)
             .env("MYELIN_PASSPHRASE", "local store passphrase")
-            .env("MYELIN_PASSWORD", PASSWORD)
             .env_remove("MYELIN_PROFILE")
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn run(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let mut command = self.command(args);
+        command
+            .env("MYELIN_PASSWORD", PASSWORD)
             .stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() })
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(std::process::Stdio::piped());
         let mut child = command.spawn().expect("start myelin");
         if let Some(input) = stdin {
             use tokio::io::AsyncWriteExt;
@@ -64,17 +71,10 @@ impl Person {
 
     /// Starts a long-running command (`listen --follow`) whose JSON lines the test reads.
     fn spawn(&self, args: &[&str]) -> tokio::process::Child {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_myelin"))
-            .args(args)
-            .arg("--json")
-            .env("MYELIN_HOME", self.home.path())
-            .env("MYELIN_KEYRING", self.keyring)
-            .env("MYELIN_PASSPHRASE", "local store passphrase")
-            .env_remove("MYELIN_PROFILE")
+        self.command(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
             .spawn()
             .expect("start myelin")
     }

@@ -36,14 +36,15 @@ pub fn by_server<T: Clone>(
 }
 
 /// POSTs `{field: users}` to `path` of every server at once, each answer within `timeout`;
-/// a server that fails gets its `failures` entry instead.
+/// returns the answers, and records a `failures` entry for each server that gave none.
 async fn ask_all<T: serde::Serialize>(
     state: &AppState,
     remote: BTreeMap<String, T>,
     path: &str,
     field: &str,
     timeout: Duration,
-) -> Vec<(String, Result<Value, Value>)> {
+    failures: &mut BTreeMap<String, Value>,
+) -> Vec<(String, Value)> {
     let asks = remote.into_iter().map(|(server, users)| async move {
         let answer = match state.federation() {
             Ok(client) => {
@@ -57,7 +58,16 @@ async fn ask_all<T: serde::Serialize>(
         };
         (server, answer)
     });
-    futures_util::future::join_all(asks).await
+    let mut answers = Vec::new();
+    for (server, answer) in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(answer) => answers.push((server, answer)),
+            Err(failure) => {
+                failures.insert(server, failure);
+            }
+        }
+    }
+    answers
 }
 
 fn failure(err: &dyn std::fmt::Display) -> Value {
@@ -73,15 +83,8 @@ pub async fn query_remote(
     timeout: Duration,
     result: &mut QueryResult,
 ) {
-    let answers = ask_all(state, remote, "/_matrix/federation/v1/user/keys/query", "device_keys", timeout).await;
-    for (server, answer) in answers {
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(failure) => {
-                result.failures.insert(server, failure);
-                continue;
-            }
-        };
+    let path = "/_matrix/federation/v1/user/keys/query";
+    for (server, answer) in ask_all(state, remote, path, "device_keys", timeout, &mut result.failures).await {
         let own = |user: &String| server_of(user) == server;
         for (user, devices) in answer["device_keys"].as_object().into_iter().flatten().filter(|(u, _)| own(u)) {
             let devices = devices.as_object().into_iter().flatten();
@@ -107,15 +110,8 @@ pub async fn claim_remote(
     timeout: Duration,
     result: &mut ClaimResult,
 ) {
-    let answers = ask_all(state, remote, "/_matrix/federation/v1/user/keys/claim", "one_time_keys", timeout).await;
-    for (server, answer) in answers {
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(failure) => {
-                result.failures.insert(server, failure);
-                continue;
-            }
-        };
+    let path = "/_matrix/federation/v1/user/keys/claim";
+    for (server, answer) in ask_all(state, remote, path, "one_time_keys", timeout, &mut result.failures).await {
         for (user, devices) in answer["one_time_keys"].as_object().into_iter().flatten() {
             if server_of(user) != server {
                 continue;

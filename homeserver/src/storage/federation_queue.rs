@@ -256,7 +256,11 @@ impl Storage {
     }
 
     /// We heard from `destination`: it is up, so retry at once. `true` if it was backing off.
+    /// Runs on every authenticated federation request: a read, and a write only when needed.
     pub async fn destination_is_back(&self, destination: &str) -> Result<bool> {
+        if self.destination_failures(destination).await? == 0 {
+            return Ok(false);
+        }
         let changed = sqlx::query(
             "UPDATE federation_destinations SET failures = 0, retry_at = 0 WHERE destination = $1 AND failures > 0",
         )

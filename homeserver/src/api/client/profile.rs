@@ -25,8 +25,8 @@ const MAX_KEY_BYTES: usize = 255;
 
 /// The server of `user_id` when it is not this one.
 fn remote_server(state: &AppState, user_id: &str) -> Option<String> {
-    let user = ruma_common::UserId::parse(user_id).ok()?;
-    let server = user.server_name().as_str();
+    ruma_common::UserId::parse(user_id).ok()?;
+    let server = crate::federation::e2ee::server_of(user_id);
     (server != state.config.server_name).then(|| server.to_owned())
 }
 
