@@ -172,6 +172,13 @@ impl User {
         body
     }
 
+    /// A POST that must succeed.
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let (status, body) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        assert_eq!(status, 200, "POST {path}: {body}");
+        body
+    }
+
     /// A PUT that must succeed.
     pub async fn put(&self, path: &str, body: Value) -> Value {
         let (status, body) = self.call(reqwest::Method::PUT, path, Some(body)).await;

@@ -8,6 +8,7 @@ pub mod e2ee;
 pub mod inbound;
 pub mod keys;
 pub mod media;
+pub mod rooms;
 pub mod sender;
 
 pub use client::FederationClient;
@@ -48,4 +49,7 @@ pub enum FederationError {
     /// Our database failed.
     #[error(transparent)]
     Storage(#[from] crate::storage::Error),
+    /// The room layer refused or failed.
+    #[error(transparent)]
+    Room(#[from] crate::rooms::RoomError),
 }

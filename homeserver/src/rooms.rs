@@ -36,6 +36,9 @@ pub enum RoomError {
     /// The event would exceed the spec's 65,536-byte limit.
     #[error("event too large")]
     TooLarge,
+    /// Events the event refers to (prev or auth events) are not here yet.
+    #[error("missing events: {0:?}")]
+    MissingEvents(Vec<ruma_common::OwnedEventId>),
     /// Stored data could not be read back.
     #[error("corrupt room data: {0}")]
     Corrupt(String),

@@ -40,7 +40,7 @@ pub struct Inner {
     /// Requests to other servers; `None` when federation is disabled.
     pub federation_client: Option<FederationClient>,
     /// Wakes the federation sender when something was queued for another server.
-    pub outbox_ready: tokio::sync::Notify,
+    pub outbox_ready: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -59,7 +59,14 @@ impl AppState {
         let signing_key = Arc::new(signing_key);
         let federation_client =
             config.federation.enabled.then(|| FederationClient::new(&config, signing_key.clone())).transpose()?;
-        let writer = Writer::start(storage.clone(), signing_key.clone(), notifier.clone());
+        let outbox_ready = Arc::new(tokio::sync::Notify::new());
+        let writer = Writer::start(
+            storage.clone(),
+            signing_key.clone(),
+            notifier.clone(),
+            outbox_ready.clone(),
+            config.server_name.clone(),
+        );
         Ok(Self(Arc::new(Inner {
             config,
             storage,
@@ -72,7 +79,7 @@ impl AppState {
             media_uploaded: tokio::sync::Notify::new(),
             thumbnail_memory: tokio::sync::Semaphore::new(crate::api::media::THUMBNAIL_MEMORY_MIB as usize),
             federation_client,
-            outbox_ready: tokio::sync::Notify::new(),
+            outbox_ready,
         })))
     }
 }

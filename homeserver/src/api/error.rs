@@ -29,6 +29,9 @@ pub enum ErrCode {
     Forbidden,
     /// `M_GUEST_ACCESS_FORBIDDEN`: guests may not do this.
     GuestAccessForbidden,
+    /// `M_INCOMPATIBLE_ROOM_VERSION` (federation): the asking server does not support the
+    /// room's version; comes with `room_version`.
+    IncompatibleRoomVersion,
     /// `M_INVALID_PARAM`: a parameter has the wrong value.
     InvalidParam,
     /// `M_INVALID_ROOM_STATE`: `initial_state` of `createRoom` is invalid.
@@ -75,11 +78,12 @@ pub enum ErrCode {
 }
 
 impl ErrCode {
-    const ALL: [ErrCode; 25] = [
+    const ALL: [ErrCode; 26] = [
         Self::BadJson,
         Self::CannotOverwriteMedia,
         Self::Forbidden,
         Self::GuestAccessForbidden,
+        Self::IncompatibleRoomVersion,
         Self::InvalidParam,
         Self::InvalidRoomState,
         Self::InvalidSignature,
@@ -115,6 +119,7 @@ impl ErrCode {
             Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             Self::Forbidden => "M_FORBIDDEN",
             Self::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
+            Self::IncompatibleRoomVersion => "M_INCOMPATIBLE_ROOM_VERSION",
             Self::InvalidParam => "M_INVALID_PARAM",
             Self::InvalidRoomState => "M_INVALID_ROOM_STATE",
             Self::InvalidSignature => "M_INVALID_SIGNATURE",
@@ -156,6 +161,8 @@ pub struct MatrixError {
     pub soft_logout: Option<bool>,
     /// For `M_WRONG_ROOM_KEYS_VERSION`: the current backup version.
     pub current_version: Option<String>,
+    /// For `M_INCOMPATIBLE_ROOM_VERSION`: the room's version.
+    pub room_version: Option<String>,
 }
 
 impl MatrixError {
@@ -168,7 +175,19 @@ impl MatrixError {
             retry_after_ms: None,
             soft_logout: None,
             current_version: None,
+            room_version: None,
         }
+    }
+
+    /// 400 `M_INCOMPATIBLE_ROOM_VERSION` for a room of `version`.
+    pub fn incompatible_room_version(version: &str) -> Self {
+        let mut error = Self::new(
+            ErrCode::IncompatibleRoomVersion,
+            StatusCode::BAD_REQUEST,
+            format!("Your server does not support room version {version}"),
+        );
+        error.room_version = Some(version.to_owned());
+        error
     }
 
     /// 400 `M_BAD_JSON`.
@@ -204,6 +223,7 @@ impl MatrixError {
             retry_after_ms: self.retry_after_ms,
             soft_logout: self.soft_logout,
             current_version: self.current_version.clone(),
+            room_version: self.room_version.clone(),
         }
     }
 }
@@ -224,6 +244,8 @@ pub struct ErrorBody {
     pub soft_logout: Option<bool>,
     /// With `M_WRONG_ROOM_KEYS_VERSION`: the current backup version.
     pub current_version: Option<String>,
+    /// With `M_INCOMPATIBLE_ROOM_VERSION`: the room's version.
+    pub room_version: Option<String>,
 }
 
 impl poem::error::ResponseError for MatrixError {
@@ -328,6 +350,11 @@ impl From<RoomError> for MatrixError {
             RoomError::TooLarge => {
                 Self::new(ErrCode::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, "Events may be at most 65536 bytes")
             }
+            RoomError::MissingEvents(ids) => Self::new(
+                ErrCode::Unknown,
+                StatusCode::BAD_REQUEST,
+                format!("Events this one refers to are unknown here: {ids:?}"),
+            ),
             RoomError::Storage(err) => err.into(),
             RoomError::Corrupt(reason) => {
                 tracing::error!(%reason, "room data failure");
@@ -380,6 +407,7 @@ impl From<crate::federation::FederationError> for MatrixError {
                 Self::internal()
             }
             FederationError::Storage(err) => err.into(),
+            FederationError::Room(err) => err.into(),
         }
     }
 }

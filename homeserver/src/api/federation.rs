@@ -15,6 +15,8 @@ use crate::federation::keys;
 use crate::state::AppState;
 use crate::storage::now_ms;
 
+mod rooms;
+
 /// The server that sent an authenticated federation request.
 #[derive(Clone, Debug)]
 pub struct Origin(pub String);
@@ -31,6 +33,17 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/v1/user/keys/query", poem::post(user_keys_query))
         .at("/v1/user/keys/claim", poem::post(user_keys_claim))
         .at("/v1/user/devices/:userId", get(user_devices))
+        .at("/v1/make_join/:roomId/:userId", get(rooms::make_join))
+        .at("/v2/send_join/:roomId/:eventId", poem::put(rooms::send_join))
+        .at("/v1/make_leave/:roomId/:userId", get(rooms::make_leave))
+        .at("/v2/send_leave/:roomId/:eventId", poem::put(rooms::send_leave))
+        .at("/v2/invite/:roomId/:eventId", poem::put(rooms::invite))
+        .at("/v1/event/:eventId", get(rooms::get_event))
+        .at("/v1/state/:roomId", get(rooms::room_state))
+        .at("/v1/state_ids/:roomId", get(rooms::room_state_ids))
+        .at("/v1/event_auth/:roomId/:eventId", get(rooms::event_auth))
+        .at("/v1/get_missing_events/:roomId", poem::post(rooms::get_missing_events))
+        .at("/v1/backfill/:roomId", get(rooms::backfill))
         .around(authenticate);
     Route::new()
         .at("/_matrix/federation/v1/version", get(version))
@@ -357,14 +370,7 @@ async fn send_transaction(
             tracing::info!(%origin, edu_type = %edu["edu_type"], error = %err, "ignored an EDU");
         }
     }
-    // Room events from other servers are not accepted yet: each is answered with an error,
-    // as the spec's per-PDU results allow.
-    let mut results = serde_json::Map::new();
-    for pdu in pdus {
-        if let Some(event_id) = pdu["event_id"].as_str() {
-            results.insert(event_id.to_owned(), json!({ "error": "this server does not take part in that room" }));
-        }
-    }
+    let results = crate::federation::rooms::receive_pdus(&state, origin, pdus).await;
     let answer = json!({ "pdus": results });
     state.storage.record_received_transaction(origin, &txn_id, &answer.to_string(), now_ms()).await?;
     Ok(Json(answer))

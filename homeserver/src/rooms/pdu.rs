@@ -121,20 +121,50 @@ impl PduTemplate {
             let room_id = placement.room_id.ok_or_else(|| PduError::Invalid("an event needs a room ID".into()))?;
             put("room_id", room_id.as_str().into())?;
         }
-        let server_name = sender.server_name().as_str();
-        let key_pair = key.ruma_key_pair();
-        ruma_signatures::hash_and_sign_event(server_name, key_pair, &mut object, &placement.rules.redaction)?;
-        let hash = ruma_signatures::reference_hash(&object, placement.rules)?;
-        let event_id = EventId::new_v2_or_v3(&hash).map_err(|e| invalid(&e))?;
-        let room_id = match placement.room_id {
-            Some(room_id) if !is_v12_create => room_id.to_owned(),
-            _ => RoomId::new_v2(&hash).map_err(|e| invalid(&e))?,
-        };
-        Pdu::from_canonical(event_id, room_id, object)
+        let room_id = if is_v12_create { None } else { placement.room_id };
+        Pdu::seal(object, sender.server_name().as_str(), placement.rules, key, room_id)
     }
 }
 
 impl Pdu {
+    /// Hashes and signs `object` as `server_name`, and derives its event ID (and, for a v12
+    /// create event, its room ID, when `room_id` is `None`).
+    pub fn seal(
+        mut object: CanonicalJsonObject,
+        server_name: &str,
+        rules: &RoomVersionRules,
+        key: &SigningKey,
+        room_id: Option<&RoomId>,
+    ) -> Result<Self, PduError> {
+        ruma_signatures::hash_and_sign_event(server_name, key.ruma_key_pair(), &mut object, &rules.redaction)?;
+        let hash = ruma_signatures::reference_hash(&object, rules)?;
+        let event_id = EventId::new_v2_or_v3(&hash).map_err(|e| PduError::Invalid(e.to_string()))?;
+        let room_id = match room_id {
+            Some(room_id) => room_id.to_owned(),
+            None => RoomId::new_v2(&hash).map_err(|e| PduError::Invalid(e.to_string()))?,
+        };
+        Self::from_canonical(event_id, room_id, object)
+    }
+
+    /// A PDU as another server sent it: the event ID is its reference hash, the room ID its
+    /// `room_id` (or, for a v12 create event, derived from the hash). Signatures are not checked
+    /// here.
+    pub fn from_received(object: CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Self, PduError> {
+        let invalid = |e: &dyn std::fmt::Display| PduError::Invalid(e.to_string());
+        let hash = ruma_signatures::reference_hash(&object, rules)?;
+        let event_id = EventId::new_v2_or_v3(&hash).map_err(|e| invalid(&e))?;
+        let room_id = match object.get("room_id") {
+            Some(CanonicalJsonValue::String(room_id)) => RoomId::parse(room_id.as_str()).map_err(|e| invalid(&e))?,
+            None if object.get("type") == Some(&CanonicalJsonValue::String("m.room.create".into()))
+                && rules.room_id_format == RoomIdFormatVersion::V2 =>
+            {
+                RoomId::new_v2(&hash).map_err(|e| invalid(&e))?
+            }
+            _ => return Err(PduError::Invalid(format!("no room_id in {event_id}"))),
+        };
+        Self::from_canonical(event_id, room_id, object)
+    }
+
     /// Parses a stored PDU (`json` as persisted, without `event_id`).
     pub fn from_json(event_id: &str, room_id: &str, json: &str) -> Result<Self, PduError> {
         let invalid = |e: &dyn std::fmt::Display| PduError::Invalid(e.to_string());

@@ -22,8 +22,85 @@ use crate::storage::TxnKey;
 pub struct Appended {
     /// The event.
     pub pdu: Pdu,
-    /// Whether a previous request with the same transaction ID produced it.
+    /// Whether a previous request with the same transaction ID produced it (for events from
+    /// other servers: whether it was known already).
     pub replayed: bool,
+    /// For events from other servers: kept, but not placed in the timeline because the room's
+    /// current state does not allow it (soft failure).
+    pub soft_failed: bool,
+    /// Whether it was queued for other servers.
+    pub forwarded: bool,
+}
+
+impl Appended {
+    fn new(pdu: Pdu, replayed: bool) -> Self {
+        Self { pdu, replayed, soft_failed: false, forwarded: false }
+    }
+}
+
+/// Events from other servers for the writer.
+pub enum Incoming {
+    /// An event of a room this server takes part in, signatures and hashes checked. It is
+    /// authorized against its auth events, the state before it and the current state, placed,
+    /// and the room's state resolved. `outliers` are stored first (auth events and state
+    /// fetched to fill gaps); `prev_states` gives the state after prev events that are not in
+    /// our timeline. With `forward`, it is queued for the other servers in the room (an event
+    /// a server handed us to send on its behalf: joins, leaves, our invites).
+    Event {
+        /// The event.
+        pdu: Pdu,
+        /// Whether to send it to the other servers in the room.
+        forward: bool,
+        /// Events to keep first, without placing them.
+        outliers: Vec<Pdu>,
+        /// The state after each prev event missing from our timeline.
+        prev_states: std::collections::HashMap<ruma_common::OwnedEventId, crate::storage::StateIds>,
+    },
+    /// A local user's join to a room of other servers, with the state before it (and its auth
+    /// chain) as the resident server sent them.
+    Joined {
+        /// The room version.
+        version: RoomVersionId,
+        /// The join event.
+        join: Pdu,
+        /// The state before the join.
+        state: Vec<Pdu>,
+        /// The auth chain of the state and the join.
+        auth_chain: Vec<Pdu>,
+    },
+    /// An invite to, or a leave from, a room this server does not take part in, for a local
+    /// user; `stripped` is the invite's stripped room state.
+    Membership {
+        /// The room version.
+        version: RoomVersionId,
+        /// The member event.
+        pdu: Pdu,
+        /// For invites: the stripped state to show the invitee.
+        stripped: Option<String>,
+    },
+}
+
+/// Hands the writer something another server sent.
+pub async fn receive(state: &AppState, incoming: Incoming) -> Result<Appended, RoomError> {
+    state.writer.receive(incoming).await
+}
+
+/// Builds, signs and authorizes an event from local user `sender` on top of the room's current
+/// state without storing it: for events another server must sign first (invites).
+pub async fn build(
+    state: &AppState,
+    room_id: &RoomId,
+    sender: &UserId,
+    template: PduTemplate,
+) -> Result<Pdu, RoomError> {
+    let request = Request {
+        target: OwnedTarget::Room(room_id.to_owned()),
+        sender: sender.to_owned(),
+        template,
+        txn: None,
+        dry_run: true,
+    };
+    Ok(state.writer.append(request).await?.pdu)
 }
 
 /// Where the event goes.
@@ -66,6 +143,7 @@ pub async fn append(
             endpoint: t.endpoint.to_owned(),
             txn_id: t.txn_id.to_owned(),
         }),
+        dry_run: false,
     };
     state.writer.append(request).await
 }
@@ -76,6 +154,8 @@ struct Request {
     sender: OwnedUserId,
     template: PduTemplate,
     txn: Option<OwnedTxn>,
+    /// Build and authorize only.
+    dry_run: bool,
 }
 
 enum OwnedTarget {

@@ -7,6 +7,8 @@ use sqlx::any::AnyRow;
 
 use super::{Result, Storage, on_conflict};
 
+mod federated;
+
 /// A new group is a full snapshot once a delta chain reaches this length, bounding the work of
 /// reading the state at any event while keeping storage proportional to state changes.
 const MAX_STATE_CHAIN: i64 = 64;
@@ -103,6 +105,8 @@ pub struct RoomWrite {
     /// next read of events and at commit, instead of one statement each.
     pending_events: Vec<EventRow>,
     pending_txns: Vec<TxnRow>,
+    /// The lowest (outlier) stream ordering handed out, once read.
+    lowest: Option<i64>,
 }
 
 /// An `events` row waiting for [`RoomWrite::flush`].
@@ -116,6 +120,7 @@ struct EventRow {
     origin_server_ts: i64,
     depth: i64,
     state_group: i64,
+    state_before_group: Option<i64>,
     json: String,
 }
 
@@ -144,7 +149,7 @@ impl Storage {
             super::Backend::Sqlite => "SELECT position FROM stream_head WHERE id = 0",
         };
         let head: i64 = sqlx::query(lock).fetch_one(&mut *tx).await?.try_get(0)?;
-        Ok(RoomWrite { tx, head, last: head, pending_events: Vec::new(), pending_txns: Vec::new() })
+        Ok(RoomWrite { tx, head, last: head, pending_events: Vec::new(), pending_txns: Vec::new(), lowest: None })
     }
 
     /// A room, if this server knows it.
@@ -276,24 +281,7 @@ impl Storage {
 
     /// The state of a room as it was in `group`: the group's entries over those of its chain.
     pub async fn state_at_group(&self, group: i64) -> Result<StateIds> {
-        // Walk the chain newest first, tracking distance, and keep the nearest entry per key.
-        let rows = sqlx::query(
-            "WITH RECURSIVE chain (id, prev, distance) AS ( \
-                 SELECT id, prev_group, 0 FROM state_groups WHERE id = $1 \
-                 UNION ALL \
-                 SELECT g.id, g.prev_group, c.distance + 1 FROM state_groups g JOIN chain c ON g.id = c.prev \
-             ) \
-             SELECT s.event_type, s.state_key, s.event_id FROM state_group_entries s \
-             JOIN chain c ON s.group_id = c.id ORDER BY c.distance",
-        )
-        .bind(group)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut state = StateIds::new();
-        for r in &rows {
-            state.entry((r.try_get(0)?, r.try_get(1)?)).or_insert(r.try_get(2)?);
-        }
-        Ok(state)
+        state_of_group(&self.pool, group).await
     }
 
     /// The latest committed stream position.
@@ -546,6 +534,7 @@ impl RoomWrite {
             origin_server_ts: event.origin_server_ts,
             depth: event.depth,
             state_group: group,
+            state_before_group: Some(current_group),
             json: event.json.to_owned(),
         });
         if let Some(txn) = txn {
@@ -635,8 +624,8 @@ impl RoomWrite {
     async fn flush(&mut self) -> Result<()> {
         for chunk in std::mem::take(&mut self.pending_events).chunks(ROWS_PER_INSERT) {
             let sql = format!(
-                "INSERT INTO events (stream_ordering, event_id, room_id, event_type, state_key, sender, origin_server_ts, depth, state_group, json) VALUES {}",
-                placeholders(chunk.len(), 10)
+                "INSERT INTO events (stream_ordering, event_id, room_id, event_type, state_key, sender, origin_server_ts, depth, state_group, state_before_group, json) VALUES {}",
+                placeholders(chunk.len(), 11)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for e in chunk {
@@ -650,6 +639,7 @@ impl RoomWrite {
                     .bind(e.origin_server_ts)
                     .bind(e.depth)
                     .bind(e.state_group)
+                    .bind(e.state_before_group)
                     .bind(&e.json);
             }
             query.execute(&mut *self.tx).await.map_err(on_conflict("events.event_id"))?;
@@ -741,6 +731,27 @@ async fn events_by_id<'e>(
         query = query.bind(id.as_ref());
     }
     query.fetch_all(db).await?.iter().map(stored_event).collect()
+}
+
+async fn state_of_group<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, group: i64) -> Result<StateIds> {
+    // Walk the chain newest first, tracking distance, and keep the nearest entry per key.
+    let rows = sqlx::query(
+        "WITH RECURSIVE chain (id, prev, distance) AS ( \
+             SELECT id, prev_group, 0 FROM state_groups WHERE id = $1 \
+             UNION ALL \
+             SELECT g.id, g.prev_group, c.distance + 1 FROM state_groups g JOIN chain c ON g.id = c.prev \
+         ) \
+         SELECT s.event_type, s.state_key, s.event_id FROM state_group_entries s \
+         JOIN chain c ON s.group_id = c.id ORDER BY c.distance",
+    )
+    .bind(group)
+    .fetch_all(db)
+    .await?;
+    let mut state = StateIds::new();
+    for r in &rows {
+        state.entry((r.try_get(0)?, r.try_get(1)?)).or_insert(r.try_get(2)?);
+    }
+    Ok(state)
 }
 
 async fn current_state_rows<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, room_id: &str) -> Result<StateIds> {

@@ -311,7 +311,7 @@ pub(crate) async fn resident_servers(state: &AppState, room_id: &str) -> ApiResu
 }
 
 /// Asks the alias's server which room it names.
-async fn remote_alias(state: &AppState, server: &str, alias: &str) -> ApiResult<ResolvedAlias> {
+pub(crate) async fn remote_alias(state: &AppState, server: &str, alias: &str) -> ApiResult<ResolvedAlias> {
     let query = serde_urlencoded::to_string([("room_alias", alias)]).map_err(|_| MatrixError::internal())?;
     let answer = state.federation()?.get(server, &format!("/_matrix/federation/v1/query/directory?{query}")).await?;
     let malformed =

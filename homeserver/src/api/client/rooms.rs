@@ -3,7 +3,7 @@
 
 use poem::http::StatusCode;
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 use ruma_common::{OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -183,10 +183,15 @@ impl RoomsApi {
         /// The room ID or alias to join.
         #[oai(name = "roomIdOrAlias")]
         room: Path<String>,
+        /// Servers to join a room of other servers through.
+        via: Query<Vec<String>>,
+        /// Servers to join through (the older name of `via`).
+        server_name: Query<Vec<String>>,
         body: Json<ReasonBody>,
     ) -> ApiResult<Json<RoomIdResponse>> {
-        let room_id = resolve_room(&state, &room).await?;
-        join_room(&state, &user, &room_id, body.0.reason).await
+        let (room_id, mut servers) = resolve_room_and_servers(&state, &room).await?;
+        servers.extend(via.0.into_iter().chain(server_name.0));
+        join_room(&state, &user, &room_id, &servers, body.0.reason).await
     }
 
     /// `POST /_matrix/client/v3/rooms/{roomId}/join`
@@ -204,7 +209,7 @@ impl RoomsApi {
         body: Json<ReasonBody>,
     ) -> ApiResult<Json<RoomIdResponse>> {
         let room_id = parse_room(&room_id)?;
-        join_room(&state, &user, &room_id, body.0.reason).await
+        join_room(&state, &user, &room_id, &[], body.0.reason).await
     }
 
     /// `POST /_matrix/client/v3/rooms/{roomId}/leave`
@@ -222,7 +227,20 @@ impl RoomsApi {
         body: Json<ReasonBody>,
     ) -> ApiResult<Json<Empty>> {
         let me = parse_user(&user.user_id)?;
-        membership::change(&state, &parse_room(&room_id)?, &me, &me, Change::Leave, body.0.reason).await?;
+        let room_id = parse_room(&room_id)?;
+        if state.federation_client.is_some()
+            && !state.storage.is_resident(room_id.as_str(), &state.config.server_name).await?
+        {
+            // An invite to (or membership in) a room we are not in: the room's servers hear of it.
+            let mut extra = serde_json::Map::new();
+            if let Some(reason) = body.0.reason {
+                extra.insert("reason".into(), reason.into());
+            }
+            let servers = servers_to_ask(&state, &room_id, &me).await?;
+            crate::federation::rooms::leave(&state, &room_id, &me, &servers, extra).await?;
+            return Ok(Json(Empty {}));
+        }
+        membership::change(&state, &room_id, &me, &me, Change::Leave, body.0.reason).await?;
         Ok(Json(Empty {}))
     }
 
@@ -338,11 +356,54 @@ async fn join_room(
     state: &AppState,
     user: &AuthedUser,
     room_id: &RoomId,
+    servers: &[String],
     reason: Option<String>,
 ) -> ApiResult<Json<RoomIdResponse>> {
     let me = parse_user(&user.user_id)?;
-    membership::change(state, room_id, &me, &me, Change::Join, reason).await?;
+    if state.federation_client.is_none()
+        || state.storage.is_resident(room_id.as_str(), &state.config.server_name).await?
+    {
+        membership::change(state, room_id, &me, &me, Change::Join, reason).await?;
+        return Ok(Json(RoomIdResponse { room_id: room_id.to_string() }));
+    }
+    // A room of other servers: join through one of them.
+    let mut candidates = servers.to_vec();
+    candidates.extend(servers_to_ask(state, room_id, &me).await?);
+    candidates.retain(|s| s != &state.config.server_name && ruma_common::ServerName::parse(s).is_ok());
+    let mut seen = std::collections::HashSet::new();
+    candidates.retain(|s| seen.insert(s.clone()));
+    if candidates.is_empty() {
+        return Err(MatrixError::not_found("Unknown room, and no server to join it through"));
+    }
+    let mut extra = serde_json::Map::new();
+    for (field, value) in state.storage.profile(me.as_str()).await? {
+        if (field == "displayname" || field == "avatar_url") && value.is_string() {
+            extra.insert(field, value);
+        }
+    }
+    if let Some(reason) = reason {
+        extra.insert("reason".into(), reason.into());
+    }
+    crate::federation::rooms::join(state, room_id, &me, &candidates, extra).await?;
+    state.storage.set_forgotten(me.as_str(), room_id.as_str(), false).await?;
     Ok(Json(RoomIdResponse { room_id: room_id.to_string() }))
+}
+
+/// Servers that may know a room we are not in: the inviter's (if the user is invited) and the
+/// one named in the room ID (room versions before 12).
+async fn servers_to_ask(state: &AppState, room_id: &RoomId, user: &UserId) -> ApiResult<Vec<String>> {
+    let mut servers = Vec::new();
+    if let Some((_, event_id)) = state.storage.membership(room_id.as_str(), user.as_str()).await?
+        && let Some(event) = state.storage.event(&event_id).await?
+        && let Ok(value) = serde_json::from_str::<serde_json::Value>(&event.json)
+        && let Some(sender) = value["sender"].as_str()
+    {
+        servers.push(crate::federation::e2ee::server_of(sender).to_owned());
+    }
+    if let Some(server) = room_id.server_name() {
+        servers.push(server.to_string());
+    }
+    Ok(servers)
 }
 
 async fn act_on(
@@ -354,19 +415,39 @@ async fn act_on(
 ) -> ApiResult<Json<Empty>> {
     let me = parse_user(&user.user_id)?;
     let target = parse_user(&body.user_id)?;
-    membership::change(state, &parse_room(room_id)?, &me, &target, change, body.reason).await?;
+    let room_id = parse_room(room_id)?;
+    if change == Change::Invite
+        && target.server_name().as_str() != state.config.server_name
+        && state.federation_client.is_some()
+    {
+        // The invitee's server must sign the invite before it enters the room.
+        let mut template = crate::rooms::create::member_template(&target, "invite", &Default::default(), false);
+        if let Some(reason) = body.reason {
+            template.content["reason"] = reason.into();
+        }
+        crate::federation::rooms::invite(state, &room_id, &me, template).await?;
+        return Ok(Json(Empty {}));
+    }
+    membership::change(state, &room_id, &me, &target, change, body.reason).await?;
     Ok(Json(Empty {}))
 }
 
-/// A room ID or alias to a room ID; aliases must be local and known.
-pub async fn resolve_room(state: &AppState, room: &str) -> Result<OwnedRoomId, MatrixError> {
-    if room.starts_with('#') {
-        let (room_id, _) =
-            state.storage.alias(room).await?.ok_or_else(|| MatrixError::not_found("Unknown room alias"))?;
-        parse_room(&room_id)
-    } else {
-        parse_room(room)
+/// A room ID or alias to a room ID, with the servers an alias's server says are in the room.
+pub async fn resolve_room_and_servers(state: &AppState, room: &str) -> Result<(OwnedRoomId, Vec<String>), MatrixError> {
+    if !room.starts_with('#') {
+        return Ok((parse_room(room)?, Vec::new()));
     }
+    let alias = ruma_common::RoomAliasId::parse(room)
+        .map_err(|e| MatrixError::invalid_param(format!("Invalid room alias {room:?}: {e}")))?;
+    let server = alias.server_name().as_str();
+    if server != state.config.server_name && state.federation_client.is_some() {
+        let resolved = super::directory::remote_alias(state, server, alias.as_str()).await?;
+        let mut servers = vec![server.to_owned()];
+        servers.extend(resolved.servers);
+        return Ok((parse_room(&resolved.room_id)?, servers));
+    }
+    let (room_id, _) = state.storage.alias(room).await?.ok_or_else(|| MatrixError::not_found("Unknown room alias"))?;
+    Ok((parse_room(&room_id)?, Vec::new()))
 }
 
 /// Parses a room ID from a request.

@@ -678,7 +678,7 @@ async fn lazy_members(
     if missing.is_empty() {
         return Ok(());
     }
-    let at_start = state_at_position(state, room_id, first.stream_ordering - 1).await?;
+    let at_start = state_before_event(state, room_id, first).await?;
     let ids: Vec<String> =
         missing.iter().filter_map(|s| at_start.get(&("m.room.member".to_owned(), (*s).to_owned())).cloned()).collect();
     for stored in state.storage.events(&ids).await? {
@@ -728,9 +728,7 @@ async fn state_before(
     since: Option<i64>,
 ) -> Result<Vec<Value>, MatrixError> {
     let before = match first {
-        // After an event that changes no state, the state is the state before it.
-        Some(first) if !is_state_event(&first.json) => state.storage.state_at_group(first.state_group).await?,
-        Some(first) => state_at_position(state, room_id, first.stream_ordering - 1).await?,
+        Some(first) => state_before_event(state, room_id, first).await?,
         None => state.storage.current_state_ids(room_id).await?,
     };
     let known = match since {
@@ -757,6 +755,20 @@ fn is_state_event(json: &str) -> bool {
     serde_json::from_str::<Probe<'_>>(json).is_ok_and(|probe| probe.state_key.is_some())
 }
 
+/// The room's state just before one of its timeline events.
+async fn state_before_event(state: &AppState, room_id: &str, event: &StoredEvent) -> Result<StateIds, MatrixError> {
+    // After an event that changes no state, the state is the state before it.
+    if !is_state_event(&event.json) {
+        return Ok(state.storage.state_at_group(event.state_group).await?);
+    }
+    // Recorded since rooms are shared with other servers: the state before a join over
+    // federation is not the state after any earlier event of ours.
+    match state.storage.state_before_group(&event.event_id).await? {
+        Some(group) => Ok(state.storage.state_at_group(group).await?),
+        None => state_at_position(state, room_id, event.stream_ordering - 1).await,
+    }
+}
+
 /// The room's state after its last event at or before stream position `at`.
 async fn state_at_position(state: &AppState, room_id: &str, at: i64) -> Result<StateIds, MatrixError> {
     match state.storage.room_events_between(room_id, 0, at, 1, true).await?.pop() {
@@ -767,6 +779,16 @@ async fn state_at_position(state: &AppState, room_id: &str, at: i64) -> Result<S
 
 async fn invited_room(state: &AppState, room_id: &str, user_id: &str) -> Result<InvitedRoom, MatrixError> {
     let current = state.storage.current_state_ids(room_id).await?;
+    if let Some(stripped) = state.storage.invite_state(room_id, user_id).await? {
+        // An invite from another server to a room we are not in: its stripped state and the invite.
+        let mut events: Vec<Value> = serde_json::from_str(&stripped).unwrap_or_default();
+        let own = current.get(&("m.room.member".to_owned(), user_id.to_owned())).cloned();
+        for stored in state.storage.events(&own.into_iter().collect::<Vec<_>>()).await? {
+            let pdu = Pdu::from_json(&stored.event_id, &stored.room_id, &stored.json).map_err(RoomError::from)?;
+            events.push(pdu.to_stripped_state());
+        }
+        return Ok(InvitedRoom { invite_state: EventList { events } });
+    }
     let stripped_kinds = [
         "m.room.create",
         "m.room.join_rules",

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use ruma_common::room_version_rules::RoomVersionRules;
 use ruma_common::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomVersionId};
 use ruma_events::{StateEventType, TimelineEventType};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use super::{Appended, OwnedTarget, OwnedTxn, Request};
+use super::{Appended, Incoming, OwnedTarget, OwnedTxn, Request};
 use crate::crypto::SigningKey;
 use crate::rooms::RoomError;
 use crate::rooms::pdu::{Pdu, Placement};
@@ -42,23 +42,54 @@ pub struct Writer {
 }
 
 struct Job {
-    request: Request,
+    work: Work,
     reply: oneshot::Sender<Result<Appended, RoomError>>,
+}
+
+/// What a job asks of the writer.
+enum Work {
+    /// An event by a local user.
+    Local(Request),
+    /// Something another server sent.
+    Incoming(Incoming),
+}
+
+impl Work {
+    fn txn(&self) -> Option<&OwnedTxn> {
+        match self {
+            Self::Local(request) => request.txn.as_ref(),
+            Self::Incoming(_) => None,
+        }
+    }
 }
 
 impl Writer {
     /// Starts the writer task. It ends when the last handle is dropped.
-    pub fn start(storage: Storage, key: Arc<SigningKey>, notifier: Arc<watch::Sender<i64>>) -> Self {
+    pub fn start(
+        storage: Storage,
+        key: Arc<SigningKey>,
+        notifier: Arc<watch::Sender<i64>>,
+        outbox_ready: Arc<Notify>,
+        server_name: String,
+    ) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        let task = Task { storage, key, notifier, rooms: HashMap::new() };
+        let task = Task { storage, key, notifier, outbox_ready, server_name, rooms: HashMap::new() };
         tokio::spawn(task.run(queue));
         Self { jobs }
     }
 
     pub(super) async fn append(&self, request: Request) -> Result<Appended, RoomError> {
+        self.submit(Work::Local(request)).await
+    }
+
+    pub(super) async fn receive(&self, incoming: Incoming) -> Result<Appended, RoomError> {
+        self.submit(Work::Incoming(incoming)).await
+    }
+
+    async fn submit(&self, work: Work) -> Result<Appended, RoomError> {
         let stopped = || RoomError::Storage(storage::Error::Aborted("the event writer stopped".into()));
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { request, reply }).await.map_err(|_| stopped())?;
+        self.jobs.send(Job { work, reply }).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -129,6 +160,8 @@ struct Head {
     extremities: Vec<(String, i64)>,
     /// Appended to: its extremities must be written before the commit.
     moved: bool,
+    /// The servers with joined members, once read for the current state.
+    servers: Option<Vec<String>>,
 }
 
 type Heads = HashMap<OwnedRoomId, Head>;
@@ -137,6 +170,8 @@ struct Task {
     storage: Storage,
     key: Arc<SigningKey>,
     notifier: Arc<watch::Sender<i64>>,
+    outbox_ready: Arc<Notify>,
+    server_name: String,
     rooms: HashMap<OwnedRoomId, RoomCache>,
 }
 
@@ -158,11 +193,8 @@ impl Task {
             Err(err) => return fail(batch.drain(..).map(|job| (job.reply, Ok(None))), &err),
         };
         // Transaction IDs seen before this group: one query for the group.
-        let keys: Vec<(usize, TxnKey<'_>)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(i, job)| job.request.txn.as_ref().map(|txn| (i, txn.key())))
-            .collect();
+        let keys: Vec<(usize, TxnKey<'_>)> =
+            batch.iter().enumerate().filter_map(|(i, job)| job.work.txn().map(|txn| (i, txn.key()))).collect();
         let mut earlier: Vec<Option<String>> = vec![None; batch.len()];
         match write.txn_events(&keys.iter().map(|(_, key)| *key).collect::<Vec<_>>()).await {
             Ok(found) => found.into_iter().for_each(|(i, event_id)| earlier[keys[i].0] = Some(event_id)),
@@ -174,7 +206,27 @@ impl Task {
         // Transactions appended in this group, for a retry that arrives in the same group.
         let mut in_group: HashMap<OwnedTxn, Pdu> = HashMap::new();
         let mut jobs = batch.drain(..).zip(earlier);
-        while let Some((Job { request, reply }, earlier)) = jobs.next() {
+        let mut queued = false;
+        while let Some((Job { work, reply }, earlier)) = jobs.next() {
+            let request = match work {
+                Work::Local(request) => request,
+                Work::Incoming(incoming) => {
+                    match incoming::accept(self, &mut write, &mut heads, incoming).await {
+                        Ok(outcome) => {
+                            queued |= outcome.as_ref().is_ok_and(|appended| appended.forwarded);
+                            outcomes.push((reply, outcome.map(Some)));
+                        }
+                        Err(err) => {
+                            drop(write);
+                            self.rooms.clear();
+                            outcomes.push((reply, Ok(None)));
+                            outcomes.extend(jobs.map(|(job, _)| (job.reply, Ok(None))));
+                            return fail(outcomes.into_iter(), &err);
+                        }
+                    }
+                    continue;
+                }
+            };
             let replay = match &request.txn {
                 Some(txn) => match (in_group.get(txn), earlier) {
                     (Some(pdu), _) => Some(Ok(pdu.clone())),
@@ -188,13 +240,17 @@ impl Task {
                 None => self.prepare(&mut write, &mut heads, &request).await,
             };
             match step {
-                Ok(Step::Replay(pdu)) => outcomes.push((reply, Ok(Some(Appended { pdu, replayed: true })))),
+                Ok(Step::Replay(pdu)) => outcomes.push((reply, Ok(Some(Appended::new(pdu, true))))),
+                Ok(Step::Write(prepared)) if request.dry_run => {
+                    outcomes.push((reply, Ok(Some(Appended::new(prepared.pdu, false)))));
+                }
                 Ok(Step::Write(prepared)) => match self.apply(&mut write, &mut heads, prepared, &request).await {
-                    Ok(pdu) => {
+                    Ok((pdu, forwarded)) => {
                         if let Some(txn) = &request.txn {
                             in_group.insert(txn.clone(), pdu.clone());
                         }
-                        outcomes.push((reply, Ok(Some(Appended { pdu, replayed: false }))));
+                        queued |= forwarded;
+                        outcomes.push((reply, Ok(Some(Appended::new(pdu, false)))));
                     }
                     Err(err) => {
                         // The transaction may hold part of this event: none of the group commits.
@@ -226,6 +282,9 @@ impl Task {
             Ok(position) => {
                 tracing::debug!(size, ?prepared, elapsed = ?started.elapsed(), "appended a group of events");
                 crate::state::notify(&self.notifier, position);
+                if queued {
+                    self.outbox_ready.notify_one();
+                }
                 for (reply, outcome) in outcomes {
                     let _ = reply.send(outcome.map(|appended| appended.expect("every success carries its event")));
                 }
@@ -267,7 +326,8 @@ impl Task {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let (room, extremities) = write.room_head(room_id.as_str()).await?.ok_or(RoomError::NotFound)?;
-                let head = Head { version: room.version, group: room.current_group, extremities, moved: false };
+                let head =
+                    Head { version: room.version, group: room.current_group, extremities, moved: false, servers: None };
                 entry.insert(head)
             }
         };
@@ -321,7 +381,7 @@ impl Task {
         heads: &mut Heads,
         prepared: Prepared,
         request: &Request,
-    ) -> storage::Result<Pdu> {
+    ) -> storage::Result<(Pdu, bool)> {
         let Prepared { pdu, group, new_room, redaction } = prepared;
         if let Some((version, published)) = &new_room {
             write.create_room(pdu.room_id.as_str(), version.as_str(), *published, now_ms()).await?;
@@ -348,7 +408,8 @@ impl Task {
         let extremities = vec![(pdu.event_id.to_string(), pdu.depth)];
         match &new_room {
             Some((version, _)) => {
-                let head = Head { version: version.to_string(), group: new_group, extremities, moved: true };
+                let head =
+                    Head { version: version.to_string(), group: new_group, extremities, moved: true, servers: None };
                 heads.insert(pdu.room_id.clone(), head);
             }
             None => {
@@ -357,6 +418,7 @@ impl Task {
                 (head.group, head.extremities, head.moved) = (new_group, extremities, true);
             }
         }
+        let forwarded = incoming::forward(write, heads, &self.server_name, &pdu, None).await?;
 
         if redaction.is_some() {
             // The target may be a state event the cache holds unredacted.
@@ -370,9 +432,11 @@ impl Task {
         {
             cache.advance(&pdu, new_group);
         }
-        Ok(pdu)
+        Ok((pdu, forwarded))
     }
 }
+
+mod incoming;
 
 /// Answers every request of a failed group: those that had succeeded so far (`Ok`) get the
 /// group's failure, refusals keep their own error.
