@@ -126,3 +126,137 @@ async fn invites_joins_and_messages_cross_in_both_directions() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A public room of `owner`'s on one server that `guest` (another server) has joined.
+async fn shared_room(owner: &User, guest: &User, preset: &str) -> String {
+    let room = owner.post("/createRoom", json!({ "preset": preset, "name": "Shared" })).await;
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    let via = owner.user_id.split_once(':').unwrap().1;
+    guest.post(&format!("/join/{}?via={}", encode(&room_id), encode(via)), json!({})).await;
+    room_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_messages_reach_a_server_that_was_down_in_order_once() {
+    let ca = TestCa::new();
+    let a = federated_server(&ca, TestBackend::Postgres).await;
+    let b = federated_server(&ca, TestBackend::Sqlite).await;
+    let alice = User::register(&a, "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let room_id = shared_room(&alice, &bob, "public_chat").await;
+
+    let mut b = b;
+    b.stop().await;
+    let sent: Vec<String> = (0..200).map(|n| format!("m{n:03}")).collect();
+    for body in &sent {
+        send(&alice, &room_id, body).await;
+    }
+    let b = b.restart().await;
+    let bob = bob.on(&b);
+    // Bob's server talks to A (a profile lookup): A sees B is back without waiting out its backoff.
+    bob.get(&format!("/profile/{}", encode(&alice.user_id))).await;
+    let seen = wait_for_messages(&bob, &room_id, 200).await;
+    assert_eq!(seen, sent, "all 200, in order, none twice");
+    // And B's users are heard again.
+    send(&bob, &room_id, "back").await;
+    let seen = wait_for_messages(&alice, &room_id, 201).await;
+    assert_eq!(seen.last().map(String::as_str), Some("back"));
+}
+
+/// The content of a state event (`null` while there is none).
+async fn state_content(user: &User, room_id: &str, kind: &str) -> Value {
+    let (status, body) =
+        user.call(reqwest::Method::GET, &format!("/rooms/{}/state/{kind}/", encode(room_id)), None).await;
+    if status == 200 { body } else { Value::Null }
+}
+
+/// Concurrent state changes on two servers (a forked room) resolve to the same state on both:
+/// independent changes both survive; a change against a concurrent power change does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_conflicting_state_changes_converge() {
+    let ca = TestCa::new();
+    let a = federated_server(&ca, TestBackend::Sqlite).await;
+    let b = federated_server(&ca, TestBackend::Postgres).await;
+    let alice = User::register(&a, "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let room_id = shared_room(&alice, &bob, "public_chat").await;
+    let levels_path = format!("/rooms/{}/state/m.room.power_levels/", encode(&room_id));
+    let mut levels = state_content(&alice, &room_id, "m.room.power_levels").await;
+    levels["users"][&bob.user_id] = json!(50);
+    levels["state_default"] = json!(50);
+    alice.put(&levels_path, levels.clone()).await;
+    alice.put(&format!("/rooms/{}/state/m.room.topic/", encode(&room_id)), json!({ "topic": "t0" })).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state_content(&bob, &room_id, "m.room.topic").await["topic"] != "t0" {
+        assert!(Instant::now() < deadline, "B never saw the topic");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A fork: bob's topic waits in B's queue while A is down; then B is down while alice
+    // renames the room on A. Neither event saw the other; both changes are allowed, so both
+    // servers must end with both (the state of neither branch alone).
+    let topic_path = format!("/rooms/{}/state/m.room.topic/", encode(&room_id));
+    let name_path = format!("/rooms/{}/state/m.room.name/", encode(&room_id));
+    let (mut a, mut b) = (a, b);
+    a.stop().await;
+    bob.put(&topic_path, json!({ "topic": "bob's" })).await;
+    b.stop().await;
+    let mut a = a.restart().await;
+    let alice = alice.on(&a);
+    alice.put(&name_path, json!({ "name": "alice's" })).await;
+    let mut b = b.restart().await;
+    let bob = bob.on(&b);
+    bob.get(&format!("/profile/{}", encode(&alice.user_id))).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for user in [&alice, &bob] {
+        loop {
+            let topic = state_content(user, &room_id, "m.room.topic").await;
+            let name = state_content(user, &room_id, "m.room.name").await;
+            if topic["topic"] == "bob's" && name["name"] == "alice's" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} has topic {topic} and name {name}", user.user_id);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    // The same fork with alice taking away bob's power to change the topic: state resolution
+    // applies the power change first and bob's topic fails against it.
+    a.stop().await;
+    bob.put(&topic_path, json!({ "topic": "bob's again" })).await;
+    b.stop().await;
+    let a = a.restart().await;
+    let alice = alice.on(&a);
+    levels["users"][&bob.user_id] = json!(0);
+    alice.put(&levels_path, levels).await;
+    let b = b.restart().await;
+    let bob = bob.on(&b);
+    bob.get(&format!("/profile/{}", encode(&alice.user_id))).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state_content(&bob, &room_id, "m.room.power_levels").await["users"][&bob.user_id] != 0 {
+        assert!(Instant::now() < deadline, "B never saw the power change");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // bob's next event follows both branches (A soft-failed his topic; B resolved the fork):
+    // A now resolves the same states B did.
+    send(&bob, &room_id, "after").await;
+    assert_eq!(wait_for_messages(&alice, &room_id, 1).await, vec!["after".to_owned()]);
+    loop {
+        let on_a = (
+            state_content(&alice, &room_id, "m.room.topic").await,
+            state_content(&alice, &room_id, "m.room.power_levels").await,
+        );
+        let on_b = (
+            state_content(&bob, &room_id, "m.room.topic").await,
+            state_content(&bob, &room_id, "m.room.power_levels").await,
+        );
+        if on_a == on_b {
+            assert_eq!(on_a.1["users"][&bob.user_id], 0);
+            assert_ne!(on_a.0["topic"], "bob's again", "bob's topic after his demotion must lose");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the servers disagree: A {on_a:?}, B {on_b:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -58,6 +58,9 @@ pub async fn run(state: AppState, mut stopped: tokio::sync::watch::Receiver<bool
         }
     }
     workers.shutdown().await;
+    if let Err(err) = state.storage.release_all_destinations(&owner).await {
+        tracing::warn!(error = %err, "releasing the federation queue's destinations");
+    }
 }
 
 /// Sends `destination` its queued transactions until none is left or one fails.

@@ -120,6 +120,16 @@ impl Storage {
         Ok(())
     }
 
+    /// Gives up every destination `owner` holds (a process shutting down): others take over
+    /// at once instead of when the leases run out.
+    pub async fn release_all_destinations(&self, owner: &str) -> Result<()> {
+        sqlx::query("UPDATE federation_destinations SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = $1")
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The transaction to send to `destination` next: the one in flight again (exactly its
     /// rows), or a new one of the oldest queued items, in queue order, within the spec's
     /// limits and [`MAX_TRANSACTION_BYTES`] (always at least one item).
