@@ -313,3 +313,69 @@ def test_profiles_keys_to_device_and_directory_across_implementations(servers, a
             break
         time.sleep(0.5)
     assert room["room_id"] in [r["room_id"] for r in listed["chunk"]], listed
+
+
+def eventually(check, what, rounds=60):
+    """Calls `check` until it returns something truthy (about 30 s); returns that."""
+    for _ in range(rounds):
+        result = check()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def message_bodies(user, room_id):
+    status, page = user.call("GET", f"/rooms/{q(room_id)}/messages?dir=b&limit=100")
+    if status != 200:
+        return []
+    return [e["content"].get("body") for e in reversed(page["chunk"]) if e["type"] == "m.room.message"]
+
+
+@pytest.mark.parametrize("guest,host", [("myelin", "synapse"), ("synapse", "myelin")])
+def test_rooms_invites_joins_and_messages_across_implementations(servers, guest, host):
+    suffix = f"{guest[:3]}{int(time.time() * 1000) % 1_000_000}"
+    owner = User(servers[host][0], "host" + suffix)
+    visitor = User(servers[guest][0], "guest" + suffix)
+    second = User(servers[guest][0], "second" + suffix)
+    host_server = servers[host][1]
+
+    # An invite from the host's server, accepted from the guest's.
+    room_id = owner.ok("POST", "/createRoom", {"preset": "private_chat", "name": "Across " + suffix})["room_id"]
+    owner.ok("POST", f"/rooms/{q(room_id)}/invite", {"user_id": visitor.user_id})
+
+    def invited():
+        answer = visitor.ok("GET", "/sync?timeout=1000")
+        return answer.get("rooms", {}).get("invite", {}).get(room_id)
+
+    invite = eventually(invited, "the invite")
+    names = [e["content"].get("name") for e in invite["invite_state"]["events"] if e["type"] == "m.room.name"]
+    assert names == ["Across " + suffix], invite
+    visitor.ok("POST", f"/join/{q(room_id)}?server_name={q(host_server)}", {})
+    members = visitor.ok("GET", f"/rooms/{q(room_id)}/joined_members")["joined"]
+    assert set(members) == {owner.user_id, visitor.user_id}, members
+
+    # Messages both ways, in order on both sides.
+    for n in range(3):
+        owner.ok("PUT", f"/rooms/{q(room_id)}/send/m.room.message/h{n}{suffix}", {"msgtype": "m.text", "body": f"h{n}"})
+        visitor.ok("PUT", f"/rooms/{q(room_id)}/send/m.room.message/g{n}{suffix}", {"msgtype": "m.text", "body": f"g{n}"})
+    for user in (owner, visitor):
+        bodies = eventually(lambda: (lambda b: b if len(b) >= 6 else None)(message_bodies(user, room_id)),
+                            f"six messages for {user.user_id}")
+        assert [b for b in bodies if b.startswith("h")] == ["h0", "h1", "h2"], bodies
+        assert [b for b in bodies if b.startswith("g")] == ["g0", "g1", "g2"], bodies
+
+    # The host's state reaches the guest's server, and the guest's changes reach the host's.
+    owner.ok("PUT", f"/rooms/{q(room_id)}/state/m.room.topic/", {"topic": "from the host"})
+    eventually(lambda: visitor.call("GET", f"/rooms/{q(room_id)}/state/m.room.topic/")[1].get("topic") == "from the host",
+               "the topic on the guest's server")
+
+    # A public room joined by alias from the guest's server; leaving is seen by the host.
+    lobby = owner.ok("POST", "/createRoom", {"preset": "public_chat", "room_alias_name": "hall" + suffix})["room_id"]
+    joined = second.ok("POST", f"/join/{q(f'#hall{suffix}:{host_server}')}", {})
+    assert joined["room_id"] == lobby
+    second.ok("PUT", f"/rooms/{q(lobby)}/send/m.room.message/s{suffix}", {"msgtype": "m.text", "body": "hello hall"})
+    eventually(lambda: "hello hall" in message_bodies(owner, lobby), "the guest's message in the hall")
+    second.ok("POST", f"/rooms/{q(lobby)}/leave", {})
+    eventually(lambda: second.user_id not in owner.ok("GET", f"/rooms/{q(lobby)}/joined_members")["joined"],
+               "the guest's leave on the host")
