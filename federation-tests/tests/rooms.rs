@@ -260,3 +260,97 @@ async fn concurrent_conflicting_state_changes_converge() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Syncs as `user` (from `since`, advancing it) until `found` picks something out of a sync
+/// response, for up to 30 seconds.
+async fn sync_until(user: &User, since: &mut String, what: &str, found: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sync = user.get(&format!("/sync?timeout=1000&since={since}")).await;
+        *since = sync["next_batch"].as_str().unwrap().to_owned();
+        if found(&sync) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never saw {what}", user.user_id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_receipts_presence_and_device_lists_cross() {
+    let ca = TestCa::new();
+    let a = federated_server(&ca, TestBackend::Sqlite).await;
+    let b = federated_server(&ca, TestBackend::Postgres).await;
+    let alice = User::register(&a, "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let room_id = shared_room(&alice, &bob, "public_chat").await;
+    let mut since = alice.get("/sync?timeout=0").await["next_batch"].as_str().unwrap().to_owned();
+    let ephemeral = |sync: &Value, kind: &str| -> Vec<Value> {
+        sync["rooms"]["join"][&room_id]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == kind)
+            .cloned()
+            .collect()
+    };
+
+    bob.put(
+        &format!("/rooms/{}/typing/{}", encode(&room_id), encode(&bob.user_id)),
+        json!({ "typing": true, "timeout": 20000 }),
+    )
+    .await;
+    sync_until(&alice, &mut since, "bob typing", |sync| {
+        ephemeral(sync, "m.typing")
+            .iter()
+            .any(|e| e["content"]["user_ids"].as_array().unwrap().contains(&json!(bob.user_id)))
+    })
+    .await;
+
+    send(&alice, &room_id, "read me").await;
+    let latest = wait_for_messages(&bob, &room_id, 1).await;
+    assert_eq!(latest, vec!["read me".to_owned()]);
+    let page = bob.get(&format!("/rooms/{}/messages?dir=b&limit=1", encode(&room_id))).await;
+    let event_id = page["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    bob.post(&format!("/rooms/{}/receipt/m.read/{}", encode(&room_id), encode(&event_id)), json!({})).await;
+    sync_until(&alice, &mut since, "bob's receipt", |sync| {
+        ephemeral(sync, "m.receipt").iter().any(|e| e["content"][&event_id]["m.read"][&bob.user_id]["ts"].is_i64())
+    })
+    .await;
+
+    bob.put(
+        &format!("/presence/{}/status", encode(&bob.user_id)),
+        json!({ "presence": "online", "status_msg": "on B" }),
+    )
+    .await;
+    sync_until(&alice, &mut since, "bob's presence", |sync| {
+        sync["presence"]["events"].as_array().into_iter().flatten().any(|e| {
+            e["sender"] == bob.user_id.as_str()
+                && e["content"]["presence"] == "online"
+                && e["content"]["status_msg"] == "on B"
+        })
+    })
+    .await;
+
+    // bob signs in on a second device and signs out again: his device list changed twice.
+    let http = reqwest::Client::new();
+    let login: Value = http
+        .post(format!("{}/_matrix/client/v3/login", bob.base_url))
+        .json(&json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": bob.user_id },
+            "password": "federation test password",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().expect("logged in");
+    let logout = http.post(format!("{}/_matrix/client/v3/logout", bob.base_url)).bearer_auth(token).json(&json!({}));
+    assert_eq!(logout.send().await.unwrap().status().as_u16(), 200);
+    sync_until(&alice, &mut since, "bob's device list change", |sync| {
+        sync["device_lists"]["changed"].as_array().into_iter().flatten().any(|u| u == bob.user_id.as_str())
+    })
+    .await;
+}

@@ -5,6 +5,7 @@ pub mod authorization;
 pub mod client;
 pub mod discovery;
 pub mod e2ee;
+pub mod edus;
 pub mod inbound;
 pub mod keys;
 pub mod media;

@@ -332,6 +332,17 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Records that a user of another server changed devices or keys (they told us): users
+    /// sharing a room with them see it in sync's `device_lists.changed`.
+    pub async fn note_device_list_change(&self, user_id: &str) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        let position = mark_device_list_change(&mut tx, user_id).await?;
+        tx.commit().await?;
+        Ok(position)
+    }
+}
+
 /// Records that `user_id`'s devices or keys changed, at a new stream position.
 pub(super) async fn mark_device_list_change(tx: &mut WriteTx, user_id: &str) -> Result<i64> {
     let position = next_position(tx).await?;

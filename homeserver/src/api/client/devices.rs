@@ -195,6 +195,7 @@ async fn delete(
     let completed = uia::authenticate(state, uia_request, auth.as_ref()).await?;
     let position = state.storage.delete_devices(&user.user_id, &device_ids).await?;
     state.notify(position);
+    crate::federation::edus::device_list_changed(state, &user.user_id, &[], &device_ids).await;
     completed.finish(state).await?;
     Ok(Json(Empty {}))
 }

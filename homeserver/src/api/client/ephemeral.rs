@@ -80,6 +80,7 @@ impl EphemeralApi {
         let expires = body.typing.then(|| now_ms() + i64::try_from(timeout).unwrap_or(0));
         let position = state.storage.set_typing(room_id.as_str(), &user.user_id, expires).await?;
         state.notify(position);
+        crate::federation::edus::typing(&state, room_id.as_str(), &user.user_id, body.typing).await;
         if let Some(expires) = expires {
             // Other users' clients learn that the notice ended when it times out, not only
             // when the typist says so.
@@ -191,7 +192,12 @@ async fn mark(
             event_id: event_id.to_owned(),
             ts: now_ms(),
         };
-        state.storage.set_receipt(room_id, &receipt).await?
+        let position = state.storage.set_receipt(room_id, &receipt).await?;
+        if kind == "m.read" {
+            let (thread, ts) = (&receipt.thread_id, receipt.ts);
+            crate::federation::edus::receipt(state, room_id, &user.user_id, event_id, thread, ts).await;
+        }
+        position
     };
     state.notify(position);
     Ok(())

@@ -149,6 +149,8 @@ impl KeysApi {
             keys::upload(&state.storage, &user.user_id, &user.device_id, upload).await?;
         if let Some(position) = position {
             state.notify(position);
+            let device = std::slice::from_ref(&user.device_id);
+            crate::federation::edus::device_list_changed(&state, &user.user_id, device, &[]).await;
         }
         Ok(Json(UploadKeysResponse { one_time_key_counts }))
     }
@@ -262,6 +264,7 @@ impl KeysApi {
             .map_err(crate::api::error::MatrixError::from)?;
         if let Some(position) = position {
             state.notify(position);
+            crate::federation::edus::signing_keys_changed(&state, &user.user_id).await;
         }
         if let Some(completed) = completed {
             completed.finish(&state).await?;
@@ -292,6 +295,7 @@ impl KeysApi {
         let result = cross_signing::upload_signatures(&state.storage, &user.user_id, &objects).await?;
         if let Some(position) = result.position {
             state.notify(position);
+            crate::federation::edus::signing_keys_changed(&state, &user.user_id).await;
         }
         Ok(Json(SignaturesUploadResponse { failures: result.failures }))
     }

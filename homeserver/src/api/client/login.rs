@@ -164,8 +164,10 @@ impl LoginApi {
     /// <https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3logout>
     #[oai(path = "/_matrix/client/v3/logout", method = "post", operation_id = "logout")]
     async fn logout(&self, state: Data<&AppState>, user: AuthedUser) -> ApiResult<Json<Empty>> {
-        let position = state.storage.delete_devices(&user.user_id, std::slice::from_ref(&user.device_id)).await?;
+        let device = std::slice::from_ref(&user.device_id);
+        let position = state.storage.delete_devices(&user.user_id, device).await?;
         state.notify(position);
+        crate::federation::edus::device_list_changed(&state, &user.user_id, &[], device).await;
         Ok(Json(Empty {}))
     }
 
@@ -175,8 +177,11 @@ impl LoginApi {
     /// <https://spec.matrix.org/v1.19/client-server-api/#post_matrixclientv3logoutall>
     #[oai(path = "/_matrix/client/v3/logout/all", method = "post", operation_id = "logout_all")]
     async fn logout_all(&self, state: Data<&AppState>, user: AuthedUser) -> ApiResult<Json<Empty>> {
+        let devices: Vec<String> =
+            state.storage.devices(&user.user_id).await?.into_iter().map(|d| d.device_id).collect();
         let position = state.storage.delete_all_devices(&user.user_id).await?;
         state.notify(position);
+        crate::federation::edus::device_list_changed(&state, &user.user_id, &[], &devices).await;
         Ok(Json(Empty {}))
     }
 }

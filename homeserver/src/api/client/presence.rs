@@ -84,6 +84,7 @@ impl PresenceApi {
         let position =
             state.storage.set_presence(&user.user_id, presence, body.status_msg.as_deref(), now_ms()).await?;
         state.notify(position);
+        crate::federation::edus::presence(&state, &user.user_id, presence, body.status_msg.as_deref()).await;
         Ok(Json(Empty {}))
     }
 
