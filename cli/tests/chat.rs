@@ -581,3 +581,60 @@ async fn replayed_and_borrowed_ciphertexts_are_rejected() {
     assert!(encrypted.iter().all(|m| m["waiting_for_key"] != true), "rejected, not waiting: {encrypted:#?}");
     server.stop().await;
 }
+
+/// Polls `person`'s decrypted history until `body` shows up readable (a minute at most):
+/// across servers, messages and their keys arrive through federation, a moment later.
+async fn wait_for_message(person: &Person, room: &str, body: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let history = person.history(room).await;
+        if let Some(found) = history.iter().find(|m| m["content"]["body"] == body) {
+            return found.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "{body:?} never became readable: {history:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Users of two federated servers: the invite, the join, Megolm keys over federated to-device
+/// messages, device keys and one-time keys from the other server, and an encrypted file
+/// fetched from the other server's media repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_two_servers_chat_end_to_end_encrypted() {
+    let ca = myelin_federation_tests::TestCa::new();
+    let a = myelin_federation_tests::federated_server(&ca, TestBackend::Sqlite).await;
+    let b = myelin_federation_tests::federated_server(&ca, TestBackend::Postgres).await;
+    let alice = Person::register(&a, "alice", "file").await;
+    let bob = Person::register(&b, "bob", "file").await;
+
+    let created = alice.ok(&["rooms", "create", "Across", "--invite", &bob.user_id]).await;
+    assert_eq!(created["encrypted"], true);
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    bob.ok(&["join", &room]).await;
+
+    alice.ok(&["send", &room, "hello from A"]).await;
+    let got = wait_for_message(&bob, &room, "hello from A").await;
+    assert_eq!((&got["encrypted"], &got["sender"]), (&Value::Bool(true), &Value::String(alice.user_id.clone())));
+    bob.ok(&["send", &room, "hello from B"]).await;
+    let got = wait_for_message(&alice, &room, "hello from B").await;
+    assert_eq!(got["encrypted"], true);
+
+    let file_bytes: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let source = alice.home.path().join("across.bin");
+    std::fs::write(&source, &file_bytes).unwrap();
+    let sent = alice.ok(&["send-file", &room, source.to_str().unwrap()]).await;
+    assert_eq!(sent["encrypted"], true);
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    wait_for_message(&bob, &room, "across.bin").await;
+    let target = bob.home.path().join("fetched.bin");
+    let got = bob.ok(&["download", &event_id, "-o", target.to_str().unwrap()]).await;
+    assert_eq!(got["encrypted"], true);
+    assert_eq!(std::fs::read(&target).unwrap(), file_bytes);
+
+    // Neither server's database holds a plaintext message.
+    for server in [&a, &b] {
+        let dump = server.database_dump().await;
+        assert!(!dump.contains("hello from A") && !dump.contains("hello from B"));
+        assert!(dump.contains("m.megolm.v1.aes-sha2"), "the dump is the real database");
+    }
+}

@@ -199,12 +199,16 @@ impl TestServer {
     }
 
     fn spawn(
-        config: crate::Config,
+        mut config: crate::Config,
         listeners: crate::Listeners,
         data_dir: std::sync::Arc<tempfile::TempDir>,
         database: std::sync::Arc<TestDatabase>,
     ) -> Self {
         let base_url = format!("http://{}", listeners.client.local_addr().expect("local address"));
+        if config.federation.enabled {
+            // The server name names the federation port: clients are sent to the client one.
+            config.public_baseurl = Some(base_url.clone());
+        }
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(crate::serve(config.clone(), listeners, async {
             let _ = rx.await;

@@ -69,8 +69,11 @@ pub async fn create_room(state: &AppState, creator: &UserId, new: NewRoom) -> Re
         }
         None => None,
     };
-    // Refuse what would fail half-way, before any event exists.
-    if let Some(remote) = new.invite.iter().find(|u| u.server_name().as_str() != server_name.as_str()) {
+    // Refuse what would fail half-way, before any event exists. (With federation, the caller
+    // invites users of other servers once the room exists: their servers must sign the invite.)
+    if state.federation_client.is_none()
+        && let Some(remote) = new.invite.iter().find(|u| u.server_name().as_str() != server_name.as_str())
+    {
         return Err(RoomError::Forbidden(format!(
             "cannot invite {remote}: inviting users of other servers needs federation"
         )));
@@ -166,8 +169,8 @@ pub async fn create_room(state: &AppState, creator: &UserId, new: NewRoom) -> Re
         send(state_template(TimelineEventType::RoomTopic, "", json!({"topic": topic}))).await?;
     }
 
-    // 8. Invites.
-    for invitee in &new.invite {
+    // 8. Invites (of local users; see above).
+    for invitee in new.invite.iter().filter(|u| u.server_name().as_str() == server_name.as_str()) {
         let profile = state.storage.profile(invitee.as_str()).await?;
         send(member_template(invitee, "invite", &profile, new.is_direct)).await?;
     }

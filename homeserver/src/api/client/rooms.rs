@@ -167,7 +167,22 @@ impl RoomsApi {
             creation_content: body.creation_content.map(|o| o.into_iter().collect()),
             room_version: body.room_version,
         };
+        let remote: Vec<OwnedUserId> = new
+            .invite
+            .iter()
+            .filter(|u| u.server_name().as_str() != state.config.server_name && **u != creator)
+            .cloned()
+            .collect();
+        let is_direct = new.is_direct;
         let room_id = create::create_room(&state, &creator, new).await?;
+        // Users of other servers: their servers sign the invites. A server that is down does
+        // not undo the room; the invite can be sent again.
+        for invitee in remote {
+            let template = crate::rooms::create::member_template(&invitee, "invite", &Default::default(), is_direct);
+            if let Err(err) = crate::federation::rooms::invite(&state, &room_id, &creator, template).await {
+                tracing::warn!(%room_id, %invitee, error = %err, "inviting a user of another server failed");
+            }
+        }
         Ok(Json(RoomIdResponse { room_id: room_id.to_string() }))
     }
 
