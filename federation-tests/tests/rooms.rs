@@ -354,3 +354,71 @@ async fn typing_receipts_presence_and_device_lists_cross() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_share_a_room() {
+    let ca = TestCa::new();
+    let a = federated_server(&ca, TestBackend::Sqlite).await;
+    let b = federated_server(&ca, TestBackend::Postgres).await;
+    let c = federated_server(&ca, TestBackend::Sqlite).await;
+    let alice = User::register(&a, "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let carol = User::register(&c, "carol").await;
+    let room_id = shared_room(&alice, &bob, "public_chat").await;
+    // carol joins through B, not the room's first server: B passes her join on to A.
+    carol.post(&format!("/join/{}?via={}", encode(&room_id), encode(&b.config.server_name)), json!({})).await;
+    let mut everyone = vec![alice.user_id.clone(), bob.user_id.clone(), carol.user_id.clone()];
+    everyone.sort();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while members(&alice, &room_id).await != everyone {
+        assert!(Instant::now() < deadline, "A never saw carol join");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    send(&alice, &room_id, "from A").await;
+    send(&bob, &room_id, "from B").await;
+    send(&carol, &room_id, "from C").await;
+    for user in [&alice, &bob, &carol] {
+        let mut seen = wait_for_messages(user, &room_id, 3).await;
+        seen.sort();
+        assert_eq!(seen, ["from A", "from B", "from C"], "{}", user.user_id);
+        assert_eq!(members(user, &room_id).await, everyone, "{}", user.user_id);
+    }
+}
+
+/// A ban on one server races a join on another: both servers end with the user banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_racing_a_join_wins_on_both_servers() {
+    let ca = TestCa::new();
+    let a = federated_server(&ca, TestBackend::Postgres).await;
+    let b = federated_server(&ca, TestBackend::Sqlite).await;
+    let alice = User::register(&a, "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let carol = User::register(&b, "carol").await;
+    let room_id = shared_room(&alice, &bob, "public_chat").await;
+
+    // carol joins on B while A is down; alice bans her on A while B is down.
+    let (mut a, mut b) = (a, b);
+    a.stop().await;
+    carol.post(&format!("/rooms/{}/join", encode(&room_id)), json!({})).await;
+    b.stop().await;
+    let a = a.restart().await;
+    let alice = alice.on(&a);
+    alice.post(&format!("/rooms/{}/ban", encode(&room_id)), json!({ "user_id": carol.user_id })).await;
+    let b = b.restart().await;
+    let bob = bob.on(&b);
+    bob.get(&format!("/profile/{}", encode(&alice.user_id))).await;
+
+    let member_path = format!("/rooms/{}/state/m.room.member/{}", encode(&room_id), encode(&carol.user_id));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for user in [&alice, &bob] {
+        loop {
+            let (_, member) = user.call(reqwest::Method::GET, &member_path, None).await;
+            if member["membership"] == "ban" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} sees carol as {member}", user.user_id);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(!members(user, &room_id).await.contains(&carol.user_id));
+    }
+}

@@ -90,6 +90,11 @@ pub async fn edu(state: &AppState, origin: &str, edu: &Value) -> Result<(), Fede
                 {
                     continue;
                 }
+                // Only users someone here shares a room with: nobody else can see it.
+                let sharing = state.storage.users_sharing_rooms(user_id).await?;
+                if !sharing.iter().any(|u| super::e2ee::server_of(u) == state.config.server_name) {
+                    continue;
+                }
                 let last_active = now_ms() - update["last_active_ago"].as_i64().unwrap_or(0).max(0);
                 let status = update["status_msg"].as_str();
                 state.notify(state.storage.set_presence(user_id, presence, status, last_active).await?);

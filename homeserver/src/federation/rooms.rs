@@ -23,6 +23,10 @@ use crate::storage::{StateIds, StoredEvent};
 
 /// How many events one `get_missing_events` asks for.
 const MISSING_EVENTS_LIMIT: usize = 20;
+/// The most missing prev events of one event whose state is fetched (`/state` + `/event`).
+const MAX_STATE_FETCHES: usize = 5;
+/// The most signing key IDs of one server looked up for one event.
+const MAX_KEYS_PER_SERVER: usize = 3;
 
 fn invalid(reason: impl Into<String>) -> FederationError {
     FederationError::Invalid(reason.into())
@@ -50,7 +54,8 @@ async fn keys_for(
     let mut keys = BTreeMap::new();
     let Some(CanonicalJsonValue::Object(signatures)) = object.get("signatures") else { return keys };
     let Some(CanonicalJsonValue::Object(by_key)) = signatures.get(server) else { return keys };
-    for key_id in by_key.keys().filter(|id| id.starts_with("ed25519:")) {
+    // A server has a key or two; more key IDs on one event only make us fetch for nothing.
+    for key_id in by_key.keys().filter(|id| id.starts_with("ed25519:")).take(MAX_KEYS_PER_SERVER) {
         match super::keys::server_key(state, server, key_id, at_ts).await {
             Ok(public) => {
                 if let Ok(public) = Base64::parse(public) {
@@ -81,7 +86,9 @@ pub async fn verify_pdu(state: &AppState, value: &Value, rules: &RoomVersionRule
         _ => return Err(invalid("no sender")),
     };
     let mut servers = vec![server_of(&sender).to_owned()];
-    if let Some(CanonicalJsonValue::Object(content)) = object.get("content")
+    let is_member = object.get("type") == Some(&CanonicalJsonValue::String("m.room.member".into()));
+    if is_member
+        && let Some(CanonicalJsonValue::Object(content)) = object.get("content")
         && let Some(CanonicalJsonValue::String(via)) = content.get("join_authorised_via_users_server")
     {
         servers.push(server_of(via).to_owned());
@@ -213,10 +220,9 @@ async fn receive_one(state: &AppState, origin: &str, value: &Value) -> (Option<O
         if !state.storage.is_resident(room_id, &state.config.server_name).await.map_err(|e| e.to_string())? {
             return Err("this server is not in that room".to_owned());
         }
+        // The sender's server must have signed it (checked here), but another server may pass
+        // it on: a resident server forwards the joins it accepted through `send_join`.
         let pdu = verify_pdu(state, value, &rules).await.map_err(|e| e.to_string())?;
-        if server_of(pdu.sender.as_str()) != origin {
-            return Err("the event's sender is not a user of the sending server".to_owned());
-        }
         receive_event(state, origin, pdu, &rules).await.map(|_| ()).map_err(|e| e.to_string())
     }
     .await;
@@ -235,8 +241,10 @@ pub async fn receive_event(
         Err(FederationError::Room(RoomError::MissingEvents(missing)))
             if missing.iter().any(|id| pdu.prev_events.contains(id)) =>
         {
+            // The events between are placed if they can be; what they lack is not fetched for
+            // each of them (bounded work per event), only for the event itself below.
             for earlier in missing_events(state, origin, &pdu, rules).await? {
-                if let Err(err) = receive_with_state(state, origin, earlier, rules).await {
+                if let Err(err) = submit(state, earlier, false, Vec::new(), HashMap::new()).await {
                     tracing::info!(%origin, error = %err, "an earlier event could not be placed");
                 }
             }
@@ -311,7 +319,7 @@ async fn receive_with_state(
         let answer = client.get(origin, &path).await?;
         outliers.extend(verified_list(state, &answer["auth_chain"], rules, &pdu.room_id).await?);
     }
-    for prev in missing.iter().filter(|id| pdu.prev_events.contains(id)) {
+    for prev in missing.iter().filter(|id| pdu.prev_events.contains(id)).take(MAX_STATE_FETCHES) {
         let path = format!("/_matrix/federation/v1/state/{room}?event_id={}", segment(prev.as_str()));
         let answer = client.get(origin, &path).await?;
         let state_events = verified_list(state, &answer["pdus"], rules, &pdu.room_id).await?;
@@ -417,7 +425,14 @@ pub async fn join(
                 continue;
             }
         };
-        let (version, rules, join) = seal_template(state, &answer, room_id, user, "join", &extra)?;
+        let (version, rules, join) = match seal_template(state, &answer, room_id, user, "join", &extra) {
+            Ok(sealed) => sealed,
+            Err(err) => {
+                tracing::info!(%server, error = %err, "unusable make_join answer");
+                last_error = err;
+                continue;
+            }
+        };
         let path = format!(
             "/_matrix/federation/v2/send_join/{}/{}",
             segment(room_id.as_str()),
@@ -432,20 +447,31 @@ pub async fn join(
                 continue;
             }
         };
-        // A resident server may add its signature (restricted joins): the ID stays the same.
-        let join = match answer.get("event") {
-            Some(event) if event.is_object() => {
-                let signed = verify_pdu(state, event, &rules).await?;
-                if signed.event_id != join.event_id {
-                    return Err(invalid("send_join returned a different event"));
+        let checked = async {
+            // A resident server may add its signature (restricted joins): the ID stays the same.
+            let join = match answer.get("event") {
+                Some(event) if event.is_object() => {
+                    let signed = verify_pdu(state, event, &rules).await?;
+                    if signed.event_id != join.event_id {
+                        return Err(invalid("send_join returned a different event"));
+                    }
+                    signed
                 }
-                signed
-            }
-            _ => join,
+                _ => join,
+            };
+            let auth_chain = verified_list(state, &answer["auth_chain"], &rules, room_id).await?;
+            let room_state = verified_list(state, &answer["state"], &rules, room_id).await?;
+            check_join_state(&rules, &join, &room_state, &auth_chain)?;
+            Ok((join, room_state, auth_chain))
         };
-        let auth_chain = verified_list(state, &answer["auth_chain"], &rules, room_id).await?;
-        let room_state = verified_list(state, &answer["state"], &rules, room_id).await?;
-        check_join_state(&rules, &join, &room_state, &auth_chain)?;
+        let (join, room_state, auth_chain) = match checked.await {
+            Ok(checked) => checked,
+            Err(err) => {
+                tracing::info!(%server, error = %err, "unusable send_join answer");
+                last_error = err;
+                continue;
+            }
+        };
         let incoming = Incoming::Joined { version, join, state: room_state, auth_chain };
         let appended = timeline::receive(state, incoming).await?;
         state.notify(state.storage.max_stream_ordering().await?);
@@ -545,7 +571,8 @@ async fn local_leave(
         .await?
         .ok_or(FederationError::Room(RoomError::NotFound))?;
     let member = state.storage.event(&member_id).await?.ok_or(FederationError::Room(RoomError::NotFound))?;
-    let depth = serde_json::from_str::<Value>(&member.json).unwrap_or_default()["depth"].as_i64().unwrap_or(0) + 1;
+    let depth = serde_json::from_str::<Value>(&member.json).unwrap_or_default()["depth"].as_i64().unwrap_or(0);
+    let depth = (depth + 1).min((1 << 53) - 1);
     let mut content = serde_json::Map::from_iter([("membership".to_owned(), json!("leave"))]);
     content.extend(extra);
     let event = json!({

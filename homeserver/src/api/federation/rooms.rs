@@ -43,6 +43,65 @@ async fn room_for(state: &AppState, room_id: &str, origin: &str) -> ApiResult<cr
     Ok(room)
 }
 
+/// Whether `origin` may see a timeline event, by the room's history visibility at it: history
+/// that is `shared` or `world_readable` once the server is in the room (checked before), `joined`
+/// and `invited` history only if one of its users was joined (or, for `invited`, invited) then.
+/// Outliers (state and auth events) are seen, as auth chains need them.
+async fn server_may_see(state: &AppState, origin: &str, event: &StoredEvent) -> ApiResult<bool> {
+    if event.stream_ordering <= 0 {
+        return Ok(true);
+    }
+    let before = fed_rooms::state_before(state, event).await?;
+    let visibility_id = before.get(&("m.room.history_visibility".to_owned(), String::new())).cloned();
+    let visibility = match visibility_id {
+        Some(id) => state.storage.events(&[id]).await?.first().and_then(|e| {
+            let value: Value = serde_json::from_str(&e.json).ok()?;
+            value["content"]["history_visibility"].as_str().map(str::to_owned)
+        }),
+        None => None,
+    };
+    let visibility = visibility.unwrap_or_else(|| "shared".to_owned());
+    if visibility == "shared" || visibility == "world_readable" {
+        return Ok(true);
+    }
+    let members: Vec<String> = before
+        .iter()
+        .filter(|((kind, key), _)| kind == "m.room.member" && server_of(key) == origin)
+        .map(|(_, id)| id.clone())
+        .collect();
+    for member in state.storage.events(&members).await? {
+        let value: Value = serde_json::from_str(&member.json).unwrap_or_default();
+        match value["content"]["membership"].as_str() {
+            Some("join") => return Ok(true),
+            Some("invite") if visibility == "invited" => return Ok(true),
+            _ => {}
+        }
+    }
+    Ok(false)
+}
+
+/// The events as `origin` may have them: those it may not see are redacted.
+async fn visible_values(
+    state: &AppState,
+    origin: &str,
+    version: &str,
+    events: &[StoredEvent],
+) -> ApiResult<Vec<Value>> {
+    let (_, rules) = fed_rooms::rules_of(version).map_err(refused)?;
+    let mut values = Vec::with_capacity(events.len());
+    for event in events {
+        if server_may_see(state, origin, event).await? {
+            values.extend(pdu_values(std::slice::from_ref(event)));
+        } else {
+            let pdu = crate::rooms::pdu::Pdu::from_json(&event.event_id, &event.room_id, &event.json)
+                .and_then(|p| p.redacted(&rules))
+                .map_err(crate::rooms::RoomError::from)?;
+            values.push(serde_json::to_value(&pdu.json).map_err(|_| MatrixError::internal())?);
+        }
+    }
+    Ok(values)
+}
+
 fn parse_room(room_id: &str) -> ApiResult<&RoomId> {
     <&RoomId>::try_from(room_id).map_err(|_| MatrixError::invalid_param("Invalid room ID"))
 }
@@ -161,6 +220,8 @@ pub async fn send_join(
     Query(query): Query<SendJoinQuery>,
     Json(body): Json<Value>,
 ) -> ApiResult<Json<Value>> {
+    // The servers in the room before the join, as the spec asks.
+    let servers = crate::api::client::directory::resident_servers(&state, &room_id).await?;
     let (pdu, stored) = send_membership(&state, &origin.0.0, &room_id, &event_id, &body, "join").await?;
     let before = fed_rooms::state_before(&state, &stored).await?;
     let omit = query.omit_members.unwrap_or(false);
@@ -174,7 +235,6 @@ pub async fn send_join(
         let in_state: HashSet<&str> = ids.iter().map(String::as_str).collect();
         auth_chain.retain(|e| !in_state.contains(e.event_id.as_str()));
     }
-    let servers = crate::api::client::directory::resident_servers(&state, &room_id).await?;
     Ok(Json(json!({
         "origin": state.config.server_name,
         "state": pdu_values(&state_events),
@@ -222,11 +282,11 @@ pub async fn get_event(
     Path(event_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let stored = state.storage.event(&event_id).await?.ok_or_else(|| MatrixError::not_found("Unknown event"))?;
-    room_for(&state, &stored.room_id, &origin.0.0).await?;
+    let room = room_for(&state, &stored.room_id, &origin.0.0).await?;
     Ok(Json(json!({
         "origin": state.config.server_name,
         "origin_server_ts": now_ms(),
-        "pdus": pdu_values(&[stored]),
+        "pdus": visible_values(&state, &origin.0.0, &room.version, &[stored]).await?,
     })))
 }
 
@@ -246,6 +306,9 @@ async fn state_at(
     let stored = state.storage.event(event_id).await?.ok_or_else(|| MatrixError::not_found("Unknown event"))?;
     if stored.room_id != room_id || stored.stream_ordering <= 0 {
         return Err(MatrixError::not_found("No state known at that event"));
+    }
+    if !server_may_see(state, origin, &stored).await? {
+        return Err(MatrixError::forbidden("Your server may not see the room at that event"));
     }
     let before = fed_rooms::state_before(state, &stored).await?;
     let events = state.storage.events(&before.into_values().collect::<Vec<_>>()).await?;
@@ -306,7 +369,7 @@ async fn walk_back(
     stop: &HashSet<String>,
     limit: usize,
     min_depth: i64,
-) -> ApiResult<Vec<(i64, Value)>> {
+) -> ApiResult<Vec<(i64, StoredEvent)>> {
     let mut seen: HashSet<String> = from.iter().cloned().collect();
     let mut queue: VecDeque<String> = from.into();
     let mut found = Vec::new();
@@ -329,7 +392,7 @@ async fn walk_back(
                     queue.push_back(prev.to_owned());
                 }
             }
-            found.push((depth, value));
+            found.push((depth, stored));
         }
     }
     Ok(found)
@@ -343,7 +406,7 @@ pub async fn get_missing_events(
     Path(room_id): Path<String>,
     Json(body): Json<Value>,
 ) -> ApiResult<Json<Value>> {
-    room_for(&state, &room_id, &origin.0.0).await?;
+    let room = room_for(&state, &room_id, &origin.0.0).await?;
     let list = |field: &str| -> Vec<String> {
         body[field].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
     };
@@ -361,7 +424,8 @@ pub async fn get_missing_events(
     starts.retain(|id| !earliest.contains(id));
     let mut events = walk_back(&state, &room_id, starts, &earliest, limit, min_depth).await?;
     events.sort_by_key(|(depth, _)| *depth);
-    Ok(Json(json!({ "events": events.into_iter().map(|(_, v)| v).collect::<Vec<_>>() })))
+    let events: Vec<StoredEvent> = events.into_iter().map(|(_, e)| e).collect();
+    Ok(Json(json!({ "events": visible_values(&state, &origin.0.0, &room.version, &events).await? })))
 }
 
 /// `GET /_matrix/federation/v1/backfill/{roomId}`
@@ -372,7 +436,7 @@ pub async fn backfill(
     req: &Request,
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    room_for(&state, &room_id, &origin.0.0).await?;
+    let room = room_for(&state, &room_id, &origin.0.0).await?;
     let mut from = Vec::new();
     let mut limit = 10;
     for (key, value) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
@@ -386,9 +450,10 @@ pub async fn backfill(
         return Err(MatrixError::new(ErrCode::MissingParam, StatusCode::BAD_REQUEST, "Missing parameter v"));
     }
     let events = walk_back(&state, &room_id, from, &HashSet::new(), limit.min(MAX_EVENTS), 0).await?;
+    let events: Vec<StoredEvent> = events.into_iter().map(|(_, e)| e).collect();
     Ok(Json(json!({
         "origin": state.config.server_name,
         "origin_server_ts": now_ms(),
-        "pdus": events.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "pdus": visible_values(&state, &origin.0.0, &room.version, &events).await?,
     })))
 }

@@ -32,6 +32,10 @@ use crate::storage::{self, NewEvent, RoomWrite, StateIds, Storage, TxnKey, now_m
 const MAX_BATCH: usize = 64;
 /// Appends waiting beyond this make their senders wait to enqueue.
 const QUEUE: usize = 1024;
+/// The most prev events an event may have (the spec's PDU format).
+const MAX_PREV_EVENTS: usize = 20;
+/// The largest depth canonical JSON can hold (2^53 - 1).
+const MAX_DEPTH: i64 = (1 << 53) - 1;
 /// Rooms whose state is cached; past this the cache starts over.
 const MAX_CACHED_ROOMS: usize = 4096;
 
@@ -151,6 +155,8 @@ struct Prepared {
     new_room: Option<(RoomVersionId, bool)>,
     /// For a redaction: the target and its redacted JSON.
     redaction: Option<(OwnedEventId, String)>,
+    /// Extremities the event does not follow (beyond the 20 prev events it may have).
+    leftover: Vec<(String, i64)>,
 }
 
 /// A room as the appends of the current group left it: read once per group, not per event.
@@ -318,7 +324,7 @@ impl Task {
                 };
                 let pdu = template.build(&request.sender, placement, now, &self.key)?;
                 let new_room = Some((version.clone(), *published));
-                return Ok(Step::Write(Prepared { pdu, group: 0, new_room, redaction: None }));
+                return Ok(Step::Write(Prepared { pdu, group: 0, new_room, redaction: None, leftover: Vec::new() }));
             }
             OwnedTarget::Room(room_id) => room_id,
         };
@@ -358,9 +364,13 @@ impl Task {
             .filter_map(|(kind, key)| cache.state.get(&(kind.to_string(), key.clone())))
             .map(|id| EventId::parse(id).map_err(|e| RoomError::Corrupt(e.to_string())))
             .collect::<Result<Vec<OwnedEventId>, _>>()?;
-        let depth = head.extremities.iter().map(|(_, depth)| *depth).max().unwrap_or(0) + 1;
-        let prev_events = head
-            .extremities
+        // The spec's limits: at most 20 prev events (the deepest; the rest stay extremities)
+        // and a depth that fits canonical JSON, whatever depths other servers sent.
+        let mut extremities = head.extremities.clone();
+        extremities.sort_by_key(|(_, depth)| std::cmp::Reverse(*depth));
+        let leftover = extremities.split_off(extremities.len().min(MAX_PREV_EVENTS));
+        let depth = (extremities.iter().map(|(_, depth)| *depth).max().unwrap_or(0) + 1).min(MAX_DEPTH);
+        let prev_events = extremities
             .iter()
             .map(|(id, _)| EventId::parse(id).map_err(|e| RoomError::Corrupt(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
@@ -371,7 +381,7 @@ impl Task {
             TimelineEventType::RoomRedaction => Some(redaction(write, cache, &pdu, &rules).await?),
             _ => None,
         };
-        Ok(Step::Write(Prepared { pdu, group: head.group, new_room: None, redaction }))
+        Ok(Step::Write(Prepared { pdu, group: head.group, new_room: None, redaction, leftover }))
     }
 
     /// Stores a prepared event and moves the room's cache entry past it.
@@ -382,7 +392,7 @@ impl Task {
         prepared: Prepared,
         request: &Request,
     ) -> storage::Result<(Pdu, bool)> {
-        let Prepared { pdu, group, new_room, redaction } = prepared;
+        let Prepared { pdu, group, new_room, redaction, leftover } = prepared;
         if let Some((version, published)) = &new_room {
             write.create_room(pdu.room_id.as_str(), version.as_str(), *published, now_ms()).await?;
         }
@@ -405,7 +415,8 @@ impl Task {
         };
         let txn = request.txn.as_ref().map(|txn| txn.key());
         let (_, new_group) = write.append(event, group, txn, now_ms()).await?;
-        let extremities = vec![(pdu.event_id.to_string(), pdu.depth)];
+        let mut extremities = leftover;
+        extremities.push((pdu.event_id.to_string(), pdu.depth));
         match &new_room {
             Some((version, _)) => {
                 let head =
@@ -413,7 +424,7 @@ impl Task {
                 heads.insert(pdu.room_id.clone(), head);
             }
             None => {
-                // The event's prev events were all the room's extremities: it is now the only one.
+                // The event follows all the room's extremities (but the leftover): it replaces them.
                 let head = heads.get_mut(&pdu.room_id).expect("prepare read the room");
                 (head.group, head.extremities, head.moved) = (new_group, extremities, true);
             }

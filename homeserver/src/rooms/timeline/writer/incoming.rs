@@ -251,26 +251,28 @@ fn conflicted_subgraph<'a>(
             stack.extend(pdu.auth_events.iter());
         }
     }
-    // Of those, the ones from which a conflicted event is reachable.
+    // Of those, the ones from which a conflicted event is reachable: a depth-first search with
+    // an explicit stack (auth chains can be deeper than the thread's stack).
     let mut reaches: HashMap<&OwnedEventId, bool> = HashMap::new();
-    fn reaches_conflicted<'l>(
-        id: &'l OwnedEventId,
-        loaded: &'l Loaded,
-        conflicted: &HashSet<&OwnedEventId>,
-        memo: &mut HashMap<&'l OwnedEventId, bool>,
-    ) -> bool {
-        if let Some(known) = memo.get(id) {
-            return *known;
+    for &start in &below {
+        let mut stack: Vec<(&OwnedEventId, bool)> = vec![(start, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if reaches.contains_key(id) && !expanded {
+                continue;
+            }
+            let parents = loaded.get(id).map(|pdu| pdu.auth_events.as_slice()).unwrap_or_default();
+            if expanded {
+                let found = conflicted.contains(id) || parents.iter().any(|p| reaches.get(p) == Some(&true));
+                reaches.insert(id, found);
+                continue;
+            }
+            // Mark it as being visited (a cycle in hostile data must not loop forever).
+            reaches.insert(id, false);
+            stack.push((id, true));
+            stack.extend(parents.iter().filter(|p| !reaches.contains_key(*p)).map(|p| (p, false)));
         }
-        memo.insert(id, false);
-        let found = conflicted.contains(id)
-            || loaded
-                .get(id)
-                .is_some_and(|pdu| pdu.auth_events.iter().any(|a| reaches_conflicted(a, loaded, conflicted, memo)));
-        memo.insert(id, found);
-        found
     }
-    below.into_iter().filter(|id| reaches_conflicted(id, loaded, &conflicted, &mut reaches)).cloned().collect()
+    below.into_iter().filter(|id| reaches.get(id) == Some(&true)).cloned().collect()
 }
 
 /// An event of a room we take part in.
@@ -396,7 +398,36 @@ async fn place(
         _ => None,
     };
 
-    // Store it with the state before and after it.
+    // The new extremities and current state, worked out before anything is written: a
+    // failure from here on would leave the event stored but not placed.
+    let builds_on_all = old_extremities.iter().all(|(id, _)| prev_ids.contains(&id.as_str()));
+    let mut extremities: Vec<(String, i64)> =
+        old_extremities.iter().filter(|(id, _)| !prev_ids.contains(&id.as_str())).cloned().collect();
+    extremities.push((pdu.event_id.to_string(), pdu.depth));
+    let resolved = if builds_on_all || after == current {
+        None
+    } else {
+        // The event is not stored yet, and resolution must see it.
+        loaded.insert(pdu.event_id.clone(), pdu.clone());
+        Some(resolve(write, &mut loaded, rules, &[current.clone(), after.clone()]).await?).filter(|r| *r != current)
+    };
+    let new_current = if builds_on_all { &after } else { resolved.as_ref().unwrap_or(&current) };
+    let changed: Vec<&str> = new_current
+        .iter()
+        .filter(|((kind, _), id)| kind == "m.room.member" && current.values().all(|c| c != *id))
+        .map(|(_, id)| id.as_str())
+        .collect();
+    load(write, &mut loaded, &changed).await?;
+    let memberships: HashMap<String, String> = changed
+        .iter()
+        .filter_map(|id| {
+            let member = loaded.get(&*EventId::parse(*id).ok()?)?;
+            Some((id.to_string(), membership_of(member).unwrap_or_default()))
+        })
+        .chain(membership.clone().map(|m| (pdu.event_id.to_string(), m)))
+        .collect();
+
+    // Store it with the state before and after it, then move the room.
     let before_group = match (prev_groups.as_slice(), pdu.prev_events.len()) {
         ([group], 1) => *group,
         _ => write.snapshot_group(room_id.as_str(), &before).await?,
@@ -411,38 +442,13 @@ async fn place(
     if let Some((target, redacted)) = &redaction {
         write.redact(target, redacted, pdu.event_id.as_str()).await?;
     }
-
-    // The new extremities and current state.
-    let builds_on_all = old_extremities.iter().all(|(id, _)| prev_ids.contains(&id.as_str()));
-    let mut extremities: Vec<(String, i64)> =
-        old_extremities.iter().filter(|(id, _)| !prev_ids.contains(&id.as_str())).cloned().collect();
-    extremities.push((pdu.event_id.to_string(), pdu.depth));
-    let (new_current, group) = if builds_on_all {
-        (after, after_group)
-    } else if after == current {
-        (current.clone(), head_group)
-    } else {
-        let resolved = resolve(write, &mut loaded, rules, &[current.clone(), after]).await?;
-        let group =
-            if resolved == current { head_group } else { write.snapshot_group(room_id.as_str(), &resolved).await? };
-        (resolved, group)
+    let group = match &resolved {
+        _ if builds_on_all => after_group,
+        None => head_group,
+        Some(resolved) => write.snapshot_group(room_id.as_str(), resolved).await?,
     };
     if group != head_group {
-        let changed: Vec<&str> = new_current
-            .iter()
-            .filter(|((kind, _), id)| kind == "m.room.member" && current.values().all(|c| c != *id))
-            .map(|(_, id)| id.as_str())
-            .collect();
-        load(write, &mut loaded, &changed).await?;
-        let memberships: HashMap<String, String> = changed
-            .iter()
-            .filter_map(|id| {
-                let member = loaded.get(&*EventId::parse(*id).ok()?)?;
-                Some((id.to_string(), membership_of(member).unwrap_or_default()))
-            })
-            .chain(membership.clone().map(|m| (pdu.event_id.to_string(), m)))
-            .collect();
-        write.replace_current_state(room_id.as_str(), &new_current, group, &memberships).await?;
+        write.replace_current_state(room_id.as_str(), new_current, group, &memberships).await?;
     }
     let head = heads.get_mut(&room_id).expect("read above");
     (head.group, head.extremities, head.moved) = (group, extremities, true);
@@ -505,6 +511,11 @@ async fn joined(
         return Ok(Ok(appended(join, true, false, false)));
     }
     let room_id = join.room_id.clone();
+    // Checked again under the lock: another local user may have joined meanwhile, and then the
+    // room's state is ours to keep, not to replace.
+    if write.resident_servers(room_id.as_str()).await?.contains(&task.server_name) {
+        return Ok(Err(RoomError::Forbidden("this server is in the room already; join again".into())));
+    }
     write.ensure_room(room_id.as_str(), version.as_str(), now_ms()).await?;
     store_outliers(write, &auth_chain).await?;
     store_outliers(write, &state).await?;
@@ -546,6 +557,9 @@ async fn membership(
         return Ok(Err(RoomError::InvalidEvent("a member event needs a state key".into())));
     };
     let room_id = pdu.room_id.clone();
+    if write.resident_servers(room_id.as_str()).await?.contains(&task.server_name) {
+        return Ok(Err(RoomError::Forbidden("this server is in the room: the change goes through it".into())));
+    }
     write.ensure_room(room_id.as_str(), version.as_str(), now_ms()).await?;
     let Some(head) = head(write, heads, &room_id).await? else { return Ok(Err(RoomError::NotFound)) };
     let before_group = head.group;
