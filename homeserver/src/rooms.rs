@@ -15,6 +15,17 @@ pub mod visibility;
 
 use crate::storage;
 
+/// The state events an invitee is shown of a room (stripped state), besides member events.
+pub const STRIPPED_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
 /// Errors of the rooms layer, in domain words; the API layer picks errcodes.
 #[derive(Debug, thiserror::Error)]
 pub enum RoomError {

@@ -639,17 +639,11 @@ pub async fn invite(
 /// encryption, topic, and the inviter's member event.
 pub async fn stripped_state(state: &AppState, room_id: &RoomId, inviter: &str) -> Result<Vec<Value>, FederationError> {
     let current = state.storage.current_state_ids(room_id.as_str()).await?;
-    let kinds = [
-        "m.room.create",
-        "m.room.join_rules",
-        "m.room.name",
-        "m.room.avatar",
-        "m.room.canonical_alias",
-        "m.room.encryption",
-        "m.room.topic",
-    ];
-    let mut ids: Vec<String> =
-        current.iter().filter(|((kind, _), _)| kinds.contains(&kind.as_str())).map(|(_, id)| id.clone()).collect();
+    let mut ids: Vec<String> = current
+        .iter()
+        .filter(|((kind, _), _)| crate::rooms::STRIPPED_STATE_TYPES.contains(&kind.as_str()))
+        .map(|(_, id)| id.clone())
+        .collect();
     ids.extend(current.get(&("m.room.member".to_owned(), inviter.to_owned())).cloned());
     let mut stripped = Vec::new();
     for stored in state.storage.events(&ids).await? {

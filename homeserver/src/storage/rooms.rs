@@ -513,9 +513,8 @@ impl RoomWrite {
             .bind(event.membership)
             .execute(&mut *self.tx)
             .await?;
-            group = self
-                .new_state_group(event.room_id, current_group, (event.event_type, state_key, event.event_id))
-                .await?;
+            group =
+                self.group_with(event.room_id, current_group, (event.event_type, state_key, event.event_id)).await?;
             sqlx::query("UPDATE rooms SET current_group = $1 WHERE room_id = $2")
                 .bind(group)
                 .bind(event.room_id)
@@ -572,52 +571,6 @@ impl RoomWrite {
             .execute(&mut *self.tx)
             .await?;
         Ok(())
-    }
-
-    /// A state group for the state after an event changing `entry`: a one-entry delta over
-    /// `prev`, or a full snapshot of the (already updated) current state when the chain is long.
-    async fn new_state_group(&mut self, room_id: &str, prev: i64, entry: (&str, &str, &str)) -> Result<i64> {
-        let chain_length: Option<i64> = match prev {
-            0 => None,
-            _ => sqlx::query("SELECT chain_length FROM state_groups WHERE id = $1")
-                .bind(prev)
-                .fetch_optional(&mut *self.tx)
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?,
-        };
-        let delta_of = chain_length.filter(|len| *len < MAX_STATE_CHAIN);
-        let row = sqlx::query(
-            "INSERT INTO state_groups (room_id, prev_group, chain_length) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(room_id)
-        .bind(delta_of.map(|_| prev))
-        .bind(delta_of.map_or(0, |len| len + 1))
-        .fetch_one(&mut *self.tx)
-        .await?;
-        let group: i64 = row.try_get(0)?;
-        if delta_of.is_some() {
-            let (event_type, state_key, event_id) = entry;
-            sqlx::query(
-                "INSERT INTO state_group_entries (group_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(group)
-            .bind(event_type)
-            .bind(state_key)
-            .bind(event_id)
-            .execute(&mut *self.tx)
-            .await?;
-        } else {
-            sqlx::query(
-                "INSERT INTO state_group_entries (group_id, event_type, state_key, event_id) \
-                 SELECT $1, event_type, state_key, event_id FROM current_state WHERE room_id = $2",
-            )
-            .bind(group)
-            .bind(room_id)
-            .execute(&mut *self.tx)
-            .await?;
-        }
-        Ok(group)
     }
 
     /// Inserts the pending event and transaction rows.

@@ -789,18 +789,9 @@ async fn invited_room(state: &AppState, room_id: &str, user_id: &str) -> Result<
         }
         return Ok(InvitedRoom { invite_state: EventList { events } });
     }
-    let stripped_kinds = [
-        "m.room.create",
-        "m.room.join_rules",
-        "m.room.name",
-        "m.room.avatar",
-        "m.room.canonical_alias",
-        "m.room.encryption",
-        "m.room.topic",
-    ];
     let mut ids: Vec<String> = current
         .iter()
-        .filter(|((kind, _), _)| stripped_kinds.contains(&kind.as_str()))
+        .filter(|((kind, _), _)| crate::rooms::STRIPPED_STATE_TYPES.contains(&kind.as_str()))
         .map(|(_, id)| id.clone())
         .collect();
     let own_member = current.get(&("m.room.member".to_owned(), user_id.to_owned())).cloned();
