@@ -370,7 +370,7 @@ async fn send_transaction(
             tracing::info!(%origin, edu_type = %edu["edu_type"], error = %err, "ignored an EDU");
         }
     }
-    let results = crate::federation::rooms::receive_pdus(&state, origin, pdus).await;
+    let results = crate::federation::rooms::receive_pdus(&state, origin, pdus).await?;
     let answer = json!({ "pdus": results });
     state.storage.record_received_transaction(origin, &txn_id, &answer.to_string(), now_ms()).await?;
     Ok(Json(answer))

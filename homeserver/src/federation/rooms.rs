@@ -186,10 +186,20 @@ pub async fn state_before(state: &AppState, event: &StoredEvent) -> Result<State
 }
 
 /// Applies PDUs a server sent in a transaction; answers per event as the spec's `pdus` map.
-pub async fn receive_pdus(state: &AppState, origin: &str, pdus: &[Value]) -> serde_json::Map<String, Value> {
+/// A failure of ours (database, writer stopping) fails the whole transaction instead, so that
+/// the sender retries it rather than drop events it would think we refused.
+pub async fn receive_pdus(
+    state: &AppState,
+    origin: &str,
+    pdus: &[Value],
+) -> Result<serde_json::Map<String, Value>, FederationError> {
     let mut results = serde_json::Map::new();
     for value in pdus {
-        let (event_id, outcome) = receive_one(state, origin, value).await;
+        let (event_id, outcome) = match receive_one(state, origin, value).await {
+            (_, Err(Failure::Ours(err))) => return Err(err),
+            (event_id, Err(Failure::Refused(reason))) => (event_id, Err(reason)),
+            (event_id, Ok(())) => (event_id, Ok(())),
+        };
         let Some(event_id) = event_id else { continue };
         let answer = match outcome {
             Ok(()) => json!({}),
@@ -200,30 +210,48 @@ pub async fn receive_pdus(state: &AppState, origin: &str, pdus: &[Value]) -> ser
         };
         results.insert(event_id.to_string(), answer);
     }
-    results
+    Ok(results)
 }
 
-async fn receive_one(state: &AppState, origin: &str, value: &Value) -> (Option<OwnedEventId>, Result<(), String>) {
-    let Some(room_id) = value["room_id"].as_str() else { return (None, Err("no room_id".into())) };
+/// Why a PDU was not applied.
+enum Failure {
+    /// The event (or its sender) is at fault: answered per event.
+    Refused(String),
+    /// We failed: the transaction must be retried.
+    Ours(FederationError),
+}
+
+impl From<FederationError> for Failure {
+    fn from(err: FederationError) -> Self {
+        match err {
+            FederationError::Storage(_) | FederationError::Room(RoomError::Storage(_)) => Self::Ours(err),
+            other => Self::Refused(other.to_string()),
+        }
+    }
+}
+
+async fn receive_one(state: &AppState, origin: &str, value: &Value) -> (Option<OwnedEventId>, Result<(), Failure>) {
+    let refused = |reason: &str| Failure::Refused(reason.to_owned());
+    let Some(room_id) = value["room_id"].as_str() else { return (None, Err(refused("no room_id"))) };
     let room = match state.storage.room(room_id).await {
         Ok(Some(room)) => room,
-        Ok(None) => return (None, Err("this server is not in that room".into())),
-        Err(err) => return (None, Err(err.to_string())),
+        Ok(None) => return (None, Err(refused("this server is not in that room"))),
+        Err(err) => return (None, Err(Failure::Ours(err.into()))),
     };
-    let Ok((_, rules)) = rules_of(&room.version) else { return (None, Err("unsupported room version".into())) };
+    let Ok((_, rules)) = rules_of(&room.version) else { return (None, Err(refused("unsupported room version"))) };
     // The ID, for the answer, even for an event that fails its checks.
     let event_id = serde_json::from_value::<CanonicalJsonObject>(value.clone())
         .ok()
         .and_then(|o| Pdu::from_received(o, &rules).ok())
         .map(|p| p.event_id);
     let outcome = async {
-        if !state.storage.is_resident(room_id, &state.config.server_name).await.map_err(|e| e.to_string())? {
-            return Err("this server is not in that room".to_owned());
+        if !state.storage.is_resident(room_id, &state.config.server_name).await.map_err(FederationError::from)? {
+            return Err(refused("this server is not in that room"));
         }
         // The sender's server must have signed it (checked here), but another server may pass
         // it on: a resident server forwards the joins it accepted through `send_join`.
-        let pdu = verify_pdu(state, value, &rules).await.map_err(|e| e.to_string())?;
-        receive_event(state, origin, pdu, &rules).await.map(|_| ()).map_err(|e| e.to_string())
+        let pdu = verify_pdu(state, value, &rules).await.map_err(|e| refused(&e.to_string()))?;
+        receive_event(state, origin, pdu, &rules).await.map(|_| ()).map_err(Failure::from)
     }
     .await;
     (event_id, outcome)
