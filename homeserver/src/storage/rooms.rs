@@ -502,40 +502,12 @@ impl RoomWrite {
     ) -> Result<(i64, i64)> {
         let mut group = current_group;
         if let Some(state_key) = event.state_key {
-            sqlx::query(
-                "INSERT INTO current_state (room_id, event_type, state_key, event_id, membership) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = $4, membership = $5",
-            )
-            .bind(event.room_id)
-            .bind(event.event_type)
-            .bind(state_key)
-            .bind(event.event_id)
-            .bind(event.membership)
-            .execute(&mut *self.tx)
-            .await?;
-            group =
-                self.group_with(event.room_id, current_group, (event.event_type, state_key, event.event_id)).await?;
-            sqlx::query("UPDATE rooms SET current_group = $1 WHERE room_id = $2")
-                .bind(group)
-                .bind(event.room_id)
-                .execute(&mut *self.tx)
-                .await?;
+            let entry = (event.event_type, state_key, event.event_id);
+            self.set_current_entry(event.room_id, entry, event.membership).await?;
+            group = self.group_with(event.room_id, current_group, entry).await?;
+            self.set_current_group(event.room_id, group).await?;
         }
-        self.last += 1;
-        let stream_ordering = self.last;
-        self.pending_events.push(EventRow {
-            stream_ordering,
-            event_id: event.event_id.to_owned(),
-            room_id: event.room_id.to_owned(),
-            event_type: event.event_type.to_owned(),
-            state_key: event.state_key.map(str::to_owned),
-            sender: event.sender.to_owned(),
-            origin_server_ts: event.origin_server_ts,
-            depth: event.depth,
-            state_group: group,
-            state_before_group: Some(current_group),
-            json: event.json.to_owned(),
-        });
+        let stream_ordering = self.insert_event(event.clone(), group, Some(current_group), false).await?;
         if let Some(txn) = txn {
             self.pending_txns.push(TxnRow {
                 user_id: txn.user_id.to_owned(),

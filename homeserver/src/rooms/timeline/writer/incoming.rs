@@ -412,9 +412,10 @@ async fn place(
         Some(resolve(write, &mut loaded, rules, &[current.clone(), after.clone()]).await?).filter(|r| *r != current)
     };
     let new_current = if builds_on_all { &after } else { resolved.as_ref().unwrap_or(&current) };
+    let current_ids: HashSet<&String> = current.values().collect();
     let changed: Vec<&str> = new_current
         .iter()
-        .filter(|((kind, _), id)| kind == "m.room.member" && current.values().all(|c| c != *id))
+        .filter(|((kind, _), id)| kind == "m.room.member" && !current_ids.contains(id))
         .map(|(_, id)| id.as_str())
         .collect();
     load(write, &mut loaded, &changed).await?;
