@@ -9,6 +9,7 @@
 //! - [`crypto`]: the server's ed25519 signing key.
 //! - [`storage`]: one storage API over SQLite and PostgreSQL, schema from `migrations/`.
 //! - [`state`]: the [`state::AppState`] handed to handlers.
+//! - [`wakeups`]: other processes' commits (PostgreSQL `NOTIFY`) waking this one's waiters.
 //!
 //! Dependencies point downwards: `api` → `accounts`/`rate_limit`/`crypto` → `storage`.
 //! The binary (`main.rs`) only parses arguments and calls [`run`]; tests call the same [`run`].
@@ -29,6 +30,7 @@ pub mod storage;
 pub mod sync;
 #[doc(hidden)]
 pub mod test_support;
+pub mod wakeups;
 
 use std::future::Future;
 use std::time::Duration;
@@ -117,6 +119,8 @@ pub async fn serve(
         data_dir.display(),
     );
 
+    // Listening first, then reading the position: nothing committed in between goes unheard.
+    let changes = storage.changes().await?;
     let position = storage.max_stream_ordering().await?;
     let state = match AppState::new(config, storage.clone(), signing_key, media, position) {
         Ok(state) => state,
@@ -148,6 +152,7 @@ pub async fn serve(
         .federation_client
         .is_some()
         .then(|| tokio::spawn(federation::sender::run(state.clone(), stopped.clone())));
+    let wakeups = changes.map(|changes| tokio::spawn(wakeups::run(state.clone(), changes, stopped.clone())));
     let server = poem::Server::new_with_acceptor(TcpAcceptor::from_tokio(listeners.client)?);
     let client = server.run_with_graceful_shutdown(api::app(state), stopping(stopped), Some(SHUTDOWN_GRACE));
     let signal = async {
@@ -161,6 +166,9 @@ pub async fn serve(
     };
     if let Some(sender) = sender {
         let _ = sender.await;
+    }
+    if let Some(wakeups) = wakeups {
+        let _ = wakeups.await;
     }
     storage.close().await;
     tracing::info!("myelin stopped");

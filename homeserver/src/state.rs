@@ -27,13 +27,13 @@ pub struct Inner {
     pub old_signing_keys: std::collections::BTreeMap<String, crate::crypto::OldKey>,
     /// Request rate limits.
     pub limits: Limiters,
-    /// The latest event stream position; waiting syncs watch it.
+    /// The latest stream position committed by any process; waiting syncs watch it.
     pub notifier: Arc<tokio::sync::watch::Sender<i64>>,
     /// Appends events to rooms, in groups.
     pub writer: Writer,
     /// Where media bytes live.
     pub media: MediaStore,
-    /// Wakes downloads waiting for a reserved media ID's upload (in this process; others poll).
+    /// Wakes downloads waiting for a reserved media ID's upload (any process's: see [`crate::wakeups`]).
     pub media_uploaded: tokio::sync::Notify,
     /// The memory thumbnailing may hold at once, in MiB: decoding images is memory-heavy.
     pub thumbnail_memory: tokio::sync::Semaphore,

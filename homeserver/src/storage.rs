@@ -7,6 +7,7 @@
 
 mod accounts;
 mod aliases;
+mod changes;
 mod federation_queue;
 mod filters;
 mod key_backup;
@@ -26,6 +27,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use accounts::{Device, NewLogin, TokenOwner};
+pub use changes::{Change, Changes};
 pub use federation_queue::{Outgoing, PendingTransaction};
 pub use key_backup::{BackupKey, BackupVersion};
 pub use keys::{KeySignature, StoredDeviceKeys, UploadedKey};
@@ -85,6 +87,17 @@ pub struct Storage {
     pool: AnyPool,
     backend: Backend,
     sqlite_writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Where the pool connects, for the `LISTEN` connection.
+    url: std::sync::Arc<DatabaseUrl>,
+}
+
+/// A database URL, which may hold a password: never printed.
+struct DatabaseUrl(String);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(…)")
+    }
 }
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -116,7 +129,8 @@ impl Storage {
             Backend::Postgres => &POSTGRES_MIGRATOR,
         };
         migrator.run(&pool).await.map_err(|e| Error::Backend(e.into()))?;
-        Ok(Self { pool, backend, sqlite_writer: Default::default() })
+        let url = std::sync::Arc::new(DatabaseUrl(url.to_owned()));
+        Ok(Self { pool, backend, sqlite_writer: Default::default(), url })
     }
 
     /// Which engine this is.

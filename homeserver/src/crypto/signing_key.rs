@@ -73,8 +73,13 @@ impl SigningKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate()
                     .map_err(|reason| SigningKeyError::Malformed { path: path.display().to_string(), reason })?;
-                write_atomically(path, key.to_file_contents().as_bytes()).map_err(io)?;
-                Ok(key)
+                if create_atomically(path, key.to_file_contents().as_bytes()).map_err(io)? {
+                    Ok(key)
+                } else {
+                    // Another process sharing the data directory created it first: use theirs,
+                    // or the two would sign with different keys under one server name.
+                    Self::load_or_generate(path)
+                }
             }
             Err(e) => Err(io(e)),
         }
@@ -179,7 +184,29 @@ impl SigningKey {
 /// Writes a file so that a crash leaves either no file or the whole file: temp file, fsync,
 /// rename, fsync of the directory.
 fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = write_temporary(path, contents)?;
+    std::fs::rename(&tmp, path)?;
+    sync_parent(path)
+}
+
+/// Like [`write_atomically`], but only if `path` does not exist yet; `false` when it does. A
+/// hard link, unlike a rename, refuses to replace an existing file, so of several processes
+/// starting at once on one data directory exactly one creates it.
+fn create_atomically(path: &Path, contents: &[u8]) -> std::io::Result<bool> {
+    let tmp = write_temporary(path, contents)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    std::fs::remove_file(&tmp)?;
+    match linked {
+        Ok(()) => sync_parent(path).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `contents` in a new file (mode 0600) next to `path`, synced, under a name of its own.
+fn write_temporary(path: &Path, contents: &[u8]) -> std::io::Result<std::path::PathBuf> {
+    let unique: String = rand::rngs::OsRng.sample_iter(Alphanumeric).take(12).map(char::from).collect();
+    let tmp = path.with_extension(format!("tmp.{unique}"));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -187,7 +214,10 @@ fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(&tmp)?;
     file.write_all(contents)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    Ok(tmp)
+}
+
+fn sync_parent(path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
@@ -197,6 +227,19 @@ fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn starting_together_they_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("signing.key");
+        let ids: Vec<String> = std::thread::scope(|scope| {
+            let starts: Vec<_> =
+                (0..8).map(|_| scope.spawn(|| SigningKey::load_or_generate(&path).unwrap().key_id())).collect();
+            starts.into_iter().map(|start| start.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary files left");
+    }
 
     #[test]
     fn generated_once_then_loaded_unchanged() {

@@ -2,7 +2,9 @@
 //! destination, in queue order, retrying with exponential backoff (capped at five minutes)
 //! until the destination acknowledges. A destination we hear from again is retried at once.
 //! The queue lives in the database, so a restart resumes it; a lease per destination keeps
-//! several processes on one database from sending to the same server at once.
+//! several processes on one database from sending to the same server at once. A lease is
+//! renewed while its transaction is in flight and runs out [`LEASE_MS`] after its process
+//! died, when another process takes the destination over.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -13,10 +15,17 @@ use serde_json::{Value, json};
 use crate::state::AppState;
 use crate::storage::{PendingTransaction, now_ms};
 
-/// How long a process holds a destination without renewing (longer than one request).
-const LEASE_MS: i64 = 120_000;
-/// How often the queue is looked at without a wake-up (others processes' items, retries).
-const POLL: Duration = Duration::from_secs(5);
+/// How long a process holds a destination without renewing it: how long a destination waits
+/// when the process sending to it dies (kill -9, power loss) before another takes over.
+const LEASE_MS: i64 = 15_000;
+/// How often a lease is renewed while a transaction is in flight (requests may take a minute).
+const RENEW: Duration = Duration::from_secs(5);
+/// The longest sleep between looks at the queue. Everything has its wake-up (this process's and,
+/// through PostgreSQL NOTIFY, other processes' enqueues; the time of the next retry or lease
+/// expiry), so this only bounds what a lost wake-up could cost.
+const IDLE: Duration = Duration::from_secs(60);
+/// The shortest sleep, so that a destination due but still busy here cannot spin the loop.
+const MIN_SLEEP: Duration = Duration::from_millis(100);
 /// The first retry delay; it doubles per failure up to [`MAX_BACKOFF_MS`].
 const FIRST_BACKOFF_MS: i64 = 1_000;
 const MAX_BACKOFF_MS: i64 = 300_000;
@@ -47,9 +56,13 @@ pub async fn run(state: AppState, mut stopped: tokio::sync::watch::Receiver<bool
             Err(err) => tracing::warn!(error = %err, "reading the federation queue"),
         }
         while workers.try_join_next().is_some() {}
-        let wait = match state.storage.next_retry_at().await {
-            Ok(Some(at)) if at > now_ms() => POLL.min(Duration::from_millis((at - now_ms()).unsigned_abs())),
-            _ => POLL,
+        let wait = match state.storage.next_due_at(now_ms()).await {
+            Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0).unsigned_abs()).clamp(MIN_SLEEP, IDLE),
+            Ok(None) => IDLE,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the federation queue");
+                Duration::from_secs(1)
+            }
         };
         tokio::select! {
             _ = stopped.wait_for(|stop| *stop) => break,
@@ -82,7 +95,20 @@ async fn deliver(state: &AppState, destination: &str, owner: &str) -> Result<(),
             continue;
         }
         let path = format!("/_matrix/federation/v1/send/{}", transaction.txn_id);
-        match client.put(destination, &path, &body).await {
+        let put = client.put(destination, &path, &body);
+        tokio::pin!(put);
+        let sent = loop {
+            tokio::select! {
+                sent = &mut put => break sent,
+                () = tokio::time::sleep(RENEW) => {
+                    if !state.storage.lease_destination(destination, owner, now_ms() + LEASE_MS, now_ms()).await? {
+                        // Taken over: the other process resends this transaction (same ID).
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        match sent {
             Ok(answer) => {
                 for (event_id, result) in answer["pdus"].as_object().into_iter().flatten() {
                     if let Some(error) = result["error"].as_str() {

@@ -155,6 +155,7 @@ async fn federation_queue_and_server_keys(backend: TestBackend) {
     assert!(!s.lease_destination("b.example", "p2", 1_000, 20).await.unwrap());
     assert!(s.lease_destination("b.example", "p1", 2_000, 30).await.unwrap(), "the holder renews");
     assert_eq!(s.due_destinations(40).await.unwrap(), ["c.example"]);
+    assert_eq!(s.next_due_at(40).await.unwrap(), Some(2_001), "free again when the lease runs out");
 
     // The first transaction stops at the spec's 50 PDUs; a retry after failure is the same one.
     let first = s.next_transaction("b.example").await.unwrap().unwrap();
@@ -162,7 +163,7 @@ async fn federation_queue_and_server_keys(backend: TestBackend) {
     assert_eq!(first.pdus[0], "{\"n\":0}");
     assert_eq!(s.transaction_failed("b.example", "p1", 5_000).await.unwrap(), 1);
     assert!(!s.lease_destination("b.example", "p1", 9_000, 4_000).await.unwrap(), "not before retry_at");
-    assert_eq!(s.next_retry_at().await.unwrap(), Some(5_000));
+    assert_eq!(s.next_due_at(4_000).await.unwrap(), Some(5_000));
     s.enqueue_federation(&[item("b.example", "edu", 63)], 4_500).await.unwrap();
     assert!(s.lease_destination("b.example", "p2", 9_000, 5_000).await.unwrap());
     let retry = s.next_transaction("b.example").await.unwrap().unwrap();

@@ -70,12 +70,16 @@ impl Storage {
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 
-    /// The earliest time a destination with queued items may be retried, if any is waiting.
-    pub async fn next_retry_at(&self) -> Result<Option<i64>> {
+    /// The earliest time after `now` at which a destination with queued items becomes due: its
+    /// retry time, or its lease's end (the holder may have died), whichever is later.
+    pub async fn next_due_at(&self, now: i64) -> Result<Option<i64>> {
         let row = sqlx::query(
-            "SELECT MIN(d.retry_at) FROM federation_destinations d \
-             WHERE EXISTS (SELECT 1 FROM federation_outbox o WHERE o.destination = d.destination)",
+            "SELECT MIN(due) FROM (SELECT CASE WHEN d.retry_at > d.lease_until THEN d.retry_at \
+             ELSE d.lease_until + 1 END AS due FROM federation_destinations d \
+             WHERE EXISTS (SELECT 1 FROM federation_outbox o WHERE o.destination = d.destination)) AS t \
+             WHERE due > $1",
         )
+        .bind(now)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get::<Option<i64>, _>(0)?)

@@ -43,6 +43,9 @@ pub struct Room {
     pub current_group: i64,
     /// Whether the room is in the public directory.
     pub published: bool,
+    /// How many redactions were applied in the room: with `current_group`, what a cached copy
+    /// of the current state must match (a redaction rewrites a state event in place).
+    pub redactions: i64,
 }
 
 /// The fields of a new event the storage needs besides its JSON.
@@ -393,7 +396,7 @@ impl RoomWrite {
     pub async fn room_head(&mut self, room_id: &str) -> Result<Option<(Room, Vec<(String, i64)>)>> {
         self.flush().await?;
         let rows = sqlx::query(
-            "SELECT r.room_version, r.current_group, r.published, f.event_id, e.depth FROM rooms r \
+            "SELECT r.room_version, r.current_group, r.published, r.redactions, f.event_id, e.depth FROM rooms r \
              LEFT JOIN forward_extremities f ON f.room_id = r.room_id \
              LEFT JOIN events e ON e.event_id = f.event_id \
              WHERE r.room_id = $1 ORDER BY f.event_id",
@@ -406,11 +409,12 @@ impl RoomWrite {
             version: first.try_get(0)?,
             current_group: first.try_get(1)?,
             published: first.try_get::<i64, _>(2)? != 0,
+            redactions: first.try_get(3)?,
         };
         let mut extremities = Vec::with_capacity(rows.len());
         for row in &rows {
             if let (Some(event_id), Some(depth)) =
-                (row.try_get::<Option<String>, _>(3)?, row.try_get::<Option<i64>, _>(4)?)
+                (row.try_get::<Option<String>, _>(4)?, row.try_get::<Option<i64>, _>(5)?)
             {
                 extremities.push((event_id, depth));
             }
@@ -534,7 +538,8 @@ impl RoomWrite {
         Ok(())
     }
 
-    /// Replaces a stored event's JSON with its redacted form.
+    /// Replaces a stored event's JSON with its redacted form, and counts the redaction in its
+    /// room (see [`Room::redactions`]).
     pub async fn redact(&mut self, event_id: &str, redacted_json: &str, redacted_by: &str) -> Result<()> {
         sqlx::query("UPDATE events SET json = $1, redacted_by = $2 WHERE event_id = $3")
             .bind(redacted_json)
@@ -542,6 +547,13 @@ impl RoomWrite {
             .bind(event_id)
             .execute(&mut *self.tx)
             .await?;
+        sqlx::query(
+            "UPDATE rooms SET redactions = redactions + 1 \
+             WHERE room_id = (SELECT room_id FROM events WHERE event_id = $1)",
+        )
+        .bind(event_id)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 
@@ -606,12 +618,17 @@ impl RoomWrite {
 // Reads shared by the pool (`Storage`) and the write transaction (`RoomWrite`).
 
 async fn room_row<'e>(db: impl sqlx::Executor<'e, Database = sqlx::Any>, room_id: &str) -> Result<Option<Room>> {
-    let row = sqlx::query("SELECT room_version, current_group, published FROM rooms WHERE room_id = $1")
+    let row = sqlx::query("SELECT room_version, current_group, published, redactions FROM rooms WHERE room_id = $1")
         .bind(room_id)
         .fetch_optional(db)
         .await?;
     row.map(|r| {
-        Ok(Room { version: r.try_get(0)?, current_group: r.try_get(1)?, published: r.try_get::<i64, _>(2)? != 0 })
+        Ok(Room {
+            version: r.try_get(0)?,
+            current_group: r.try_get(1)?,
+            published: r.try_get::<i64, _>(2)? != 0,
+            redactions: r.try_get(3)?,
+        })
     })
     .transpose()
 }

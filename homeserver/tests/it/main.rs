@@ -17,5 +17,6 @@ mod profile;
 mod register;
 mod restart;
 mod rooms;
+mod scale_out;
 mod sessions;
 mod sync;

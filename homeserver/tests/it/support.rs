@@ -17,7 +17,21 @@ pub struct Account {
 /// A running server plus an HTTP client for it.
 pub struct Harness {
     pub server: TestServer,
+    client: Client,
+}
+
+/// An HTTP client for one server (or one process of several serving one server name).
+pub struct Client {
+    pub base_url: String,
     pub http: reqwest::Client,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 impl Harness {
@@ -30,20 +44,27 @@ impl Harness {
     }
 
     pub fn with(server: TestServer) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        Self { server, http }
+        let client = Client::new(&server.base_url);
+        Self { server, client }
     }
 
     pub async fn restart(self) -> Self {
         Self::with(self.server.restart().await)
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server.base_url)
-    }
-
     pub fn server_name(&self) -> &str {
         &self.server.config.server_name
+    }
+}
+
+impl Client {
+    pub fn new(base_url: &str) -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        Self { base_url: base_url.to_owned(), http }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
     }
 
     /// Sends a request with an optional bearer token and JSON body; returns status and JSON.
@@ -129,7 +150,7 @@ pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, errcode:
     assert!(body["error"].is_string(), "error message missing: {body}");
 }
 
-impl Harness {
+impl Client {
     /// `POST /createRoom`; panics unless it succeeds.
     pub async fn create_room(&self, account: &Account, body: Value) -> String {
         let (status, created) = self.post("/_matrix/client/v3/createRoom", Some(&account.access_token), body).await;

@@ -18,9 +18,6 @@ use crate::storage::{MediaItem, now_ms};
 const DEFAULT_WAIT_MS: u64 = 20_000;
 /// The longest wait granted.
 const MAX_WAIT_MS: u64 = 60_000;
-/// How often a waiting download looks again: uploads through other processes on the same
-/// database do not wake this one.
-const POLL: Duration = Duration::from_millis(500);
 
 /// Runs nothing the content might carry, whatever a browser makes of it.
 pub const CONTENT_SECURITY_POLICY: &str = "sandbox; default-src 'none'; script-src 'none'; \
@@ -192,7 +189,7 @@ pub async fn local_media(
                 "The content was not uploaded yet",
             ));
         }
-        let _ = tokio::time::timeout((deadline - now).min(POLL), uploaded).await;
+        let _ = tokio::time::timeout(deadline - now, uploaded).await;
     }
 }
 

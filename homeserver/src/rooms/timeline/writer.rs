@@ -102,6 +102,9 @@ impl Writer {
 struct RoomCache {
     /// The state group the entry describes.
     group: i64,
+    /// The room's redaction count when it was read: a redaction (here or in another process)
+    /// rewrites a state event without moving the group.
+    redactions: i64,
     /// The current state.
     state: StateIds,
     /// Current state events parsed so far, by event ID.
@@ -109,8 +112,9 @@ struct RoomCache {
 }
 
 impl RoomCache {
-    async fn load(write: &mut RoomWrite, room_id: &str, group: i64) -> Result<Self, RoomError> {
-        Ok(Self { group, state: write.current_state_ids(room_id).await?, events: HashMap::new() })
+    async fn load(write: &mut RoomWrite, room_id: &str, head: &Head) -> Result<Self, RoomError> {
+        let state = write.current_state_ids(room_id).await?;
+        Ok(Self { group: head.group, redactions: head.redactions, state, events: HashMap::new() })
     }
 
     fn get(&self, kind: &str, state_key: &str) -> Option<&Pdu> {
@@ -163,6 +167,7 @@ struct Prepared {
 struct Head {
     version: String,
     group: i64,
+    redactions: i64,
     extremities: Vec<(String, i64)>,
     /// Appended to: its extremities must be written before the commit.
     moved: bool,
@@ -332,19 +337,26 @@ impl Task {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let (room, extremities) = write.room_head(room_id.as_str()).await?.ok_or(RoomError::NotFound)?;
-                let head =
-                    Head { version: room.version, group: room.current_group, extremities, moved: false, servers: None };
+                let head = Head {
+                    version: room.version,
+                    group: room.current_group,
+                    redactions: room.redactions,
+                    extremities,
+                    moved: false,
+                    servers: None,
+                };
                 entry.insert(head)
             }
         };
         let version = RoomVersionId::try_from(head.version.as_str())
             .map_err(|_| RoomError::UnsupportedVersion(head.version.clone()))?;
         let rules = rules(&version)?;
-        if self.rooms.get(room_id).is_none_or(|cache| cache.group != head.group) {
+        if self.rooms.get(room_id).is_none_or(|cache| (cache.group, cache.redactions) != (head.group, head.redactions))
+        {
             if self.rooms.len() >= MAX_CACHED_ROOMS {
                 self.rooms.clear();
             }
-            let cache = RoomCache::load(write, room_id.as_str(), head.group).await?;
+            let cache = RoomCache::load(write, room_id.as_str(), head).await?;
             self.rooms.insert(room_id.clone(), cache);
         }
         let cache = self.rooms.get_mut(room_id).expect("inserted above");
@@ -419,14 +431,21 @@ impl Task {
         extremities.push((pdu.event_id.to_string(), pdu.depth));
         match &new_room {
             Some((version, _)) => {
-                let head =
-                    Head { version: version.to_string(), group: new_group, extremities, moved: true, servers: None };
+                let head = Head {
+                    version: version.to_string(),
+                    group: new_group,
+                    redactions: 0,
+                    extremities,
+                    moved: true,
+                    servers: None,
+                };
                 heads.insert(pdu.room_id.clone(), head);
             }
             None => {
                 // The event follows all the room's extremities (but the leftover): it replaces them.
                 let head = heads.get_mut(&pdu.room_id).expect("prepare read the room");
                 (head.group, head.extremities, head.moved) = (new_group, extremities, true);
+                head.redactions += i64::from(redaction.is_some());
             }
         }
         let forwarded = incoming::forward(write, heads, &self.server_name, &pdu, None).await?;
@@ -435,7 +454,7 @@ impl Task {
             // The target may be a state event the cache holds unredacted.
             self.rooms.remove(&pdu.room_id);
         } else if new_room.is_some() {
-            let mut cache = RoomCache { group: 0, state: StateIds::new(), events: HashMap::new() };
+            let mut cache = RoomCache { group: 0, redactions: 0, state: StateIds::new(), events: HashMap::new() };
             cache.advance(&pdu, new_group);
             self.rooms.insert(pdu.room_id.clone(), cache);
         } else if let Some(cache) = self.rooms.get_mut(&pdu.room_id)

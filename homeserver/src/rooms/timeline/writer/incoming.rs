@@ -122,7 +122,14 @@ async fn head<'h>(
 ) -> storage::Result<Option<&'h mut Head>> {
     if !heads.contains_key(room_id) {
         let Some((room, extremities)) = write.room_head(room_id.as_str()).await? else { return Ok(None) };
-        let head = Head { version: room.version, group: room.current_group, extremities, moved: false, servers: None };
+        let head = Head {
+            version: room.version,
+            group: room.current_group,
+            redactions: room.redactions,
+            extremities,
+            moved: false,
+            servers: None,
+        };
         heads.insert(room_id.clone(), head);
     }
     Ok(heads.get_mut(room_id))
@@ -453,6 +460,7 @@ async fn place(
     }
     let head = heads.get_mut(&room_id).expect("read above");
     (head.group, head.extremities, head.moved) = (group, extremities, true);
+    head.redactions += i64::from(redaction.is_some());
     task.rooms.remove(&room_id);
 
     let forwarded = if forward_it {
@@ -536,7 +544,15 @@ async fn joined(
     write.replace_current_state(room_id.as_str(), &after, after_group, &memberships).await?;
     write.set_invite_state(room_id.as_str(), &key, None).await?;
     let extremities = vec![(join.event_id.to_string(), join.depth)];
-    let head = Head { version: version.to_string(), group: after_group, extremities, moved: true, servers: None };
+    // The room row may predate this join (we were in it before): the next group reads its count.
+    let head = Head {
+        version: version.to_string(),
+        group: after_group,
+        redactions: -1,
+        extremities,
+        moved: true,
+        servers: None,
+    };
     heads.insert(room_id.clone(), head);
     task.rooms.remove(&room_id);
     Ok(Ok(appended(join, false, false, false)))
