@@ -1,5 +1,7 @@
 //! The few Client-Server API calls the workloads need, against any homeserver.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,22 +14,35 @@ pub struct User {
     pub token: String,
 }
 
-/// An HTTP client for one homeserver.
+/// An HTTP client for one homeserver, which may be several processes: requests then go to
+/// them in turn (round-robin, as a load balancer in front of them would).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<[String]>,
+    next: Arc<AtomicUsize>,
 }
 
 impl Client {
     /// A client for the homeserver at `base` (e.g. `http://127.0.0.1:8008`).
     pub fn new(base: &str) -> anyhow::Result<Self> {
+        Self::round_robin(&[base.to_owned()])
+    }
+
+    /// A client taking turns over the processes at `bases`.
+    pub fn round_robin(bases: &[String]) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .timeout(Duration::from_secs(120))
             .build()
             .context("HTTP client")?;
-        Ok(Self { http, base: base.trim_end_matches('/').to_owned() })
+        let bases: Vec<String> = bases.iter().map(|base| base.trim_end_matches('/').to_owned()).collect();
+        anyhow::ensure!(!bases.is_empty(), "no server address");
+        Ok(Self { http, bases: bases.into(), next: Arc::default() })
+    }
+
+    fn base(&self) -> &str {
+        &self.bases[self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len()]
     }
 
     async fn call(
@@ -37,7 +52,7 @@ impl Client {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Value)> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self.http.request(method, format!("{}{path}", self.base()));
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
@@ -50,20 +65,26 @@ impl Client {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
-    /// Waits until `/versions` answers.
+    /// Waits until `/versions` answers on every process.
     pub async fn wait_until_up(&self, deadline: Duration) -> anyhow::Result<()> {
         let start = std::time::Instant::now();
-        while start.elapsed() < deadline {
-            if self
-                .call(reqwest::Method::GET, "/_matrix/client/versions", None, None)
-                .await
-                .is_ok_and(|(s, _)| s == 200)
-            {
-                return Ok(());
+        for base in self.bases.iter() {
+            let one = Self::new(base)?;
+            loop {
+                if one
+                    .call(reqwest::Method::GET, "/_matrix/client/versions", None, None)
+                    .await
+                    .is_ok_and(|(s, _)| s == 200)
+                {
+                    break;
+                }
+                if start.elapsed() > deadline {
+                    bail!("{base} did not answer /_matrix/client/versions");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("{} did not answer /_matrix/client/versions", self.base)
+        Ok(())
     }
 
     /// Registers `username` through the `m.login.dummy` flow (as Myelin and Synapse offer it).

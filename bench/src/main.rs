@@ -2,8 +2,11 @@
 //!
 //! By default it starts a fresh Myelin (the release `myelin-server` beside it, SQLite in a
 //! temporary directory), runs the workloads and stops it. `--postgres URL` does the same on a
-//! new PostgreSQL database; `--target URL` drives an already-running homeserver instead;
-//! `--compare URL` runs Myelin and then the homeserver at URL and prints the ratios.
+//! new PostgreSQL database; `--processes 1,2,3` (with `--postgres`) runs them once per count of
+//! Myelin processes sharing one database, taking turns over the processes as a load balancer
+//! would, and prints the counts side by side; `--target URL` drives an already-running
+//! homeserver instead; `--compare URL` runs Myelin and then the homeserver at URL and prints
+//! the ratios.
 
 mod client;
 mod stats;
@@ -27,6 +30,10 @@ struct Args {
     /// Run against Myelin on a new database of this PostgreSQL server instead of SQLite.
     #[arg(long)]
     postgres: Option<String>,
+    /// How many Myelin processes serve the server from one database (`--postgres` needed
+    /// beyond 1); a list (`1,2,3`) runs the workloads once per count.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    processes: Vec<usize>,
     /// Run against this already-running homeserver instead of starting Myelin.
     #[arg(long, conflicts_with = "compare")]
     target: Option<String>,
@@ -106,8 +113,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match &args.target {
         Some(url) => reports.push(measure(Target::external(url, url), params, args.target_pid).await?),
         None => {
-            let myelin = Target::start_myelin(args.postgres.as_deref()).await?;
-            reports.push(measure(myelin, params, None).await?);
+            for &processes in &args.processes {
+                let myelin = Target::start_myelin(args.postgres.as_deref(), processes).await?;
+                reports.push(measure(myelin, params, None).await?);
+            }
             if let Some(url) = &args.compare {
                 reports.push(measure(Target::external(url, url), params, args.target_pid).await?);
             }
@@ -116,7 +125,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for report in &reports {
         print_report(report);
     }
-    if let [mine, other] = reports.as_slice() {
+    if args.processes.len() > 1 {
+        print_scaling(&reports[..args.processes.len()], &args.processes);
+    }
+    if let [mine, other] = reports.as_slice()
+        && args.processes.len() == 1
+    {
         print_ratios(mine, other);
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&reports)?)?;
@@ -125,16 +139,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn measure(target: Target, params: Params, external_pid: Option<u32>) -> anyhow::Result<Report> {
-    let pid = target.pid.or(external_pid);
-    let client = Client::new(&target.base_url)?;
+    let pids = if target.pids.is_empty() { external_pid.into_iter().collect() } else { target.pids.clone() };
+    let usage = || ProcessUsage::read_all(&pids);
+    let client = Client::round_robin(&target.base_urls)?;
     client.wait_until_up(std::time::Duration::from_secs(60)).await?;
-    eprintln!("== {} at {}", target.name, target.base_url);
+    eprintln!("== {} at {}", target.name, target.base_urls.join(", "));
     let prefix = format!("load{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let users = workloads::register_users(&client, &prefix, params.users).await?;
 
-    let cpu_before = pid.and_then(ProcessUsage::read);
+    let cpu_before = usage();
     let send = workloads::send_throughput(&client, &users, params.concurrency, params.messages).await?;
-    let cpu_after = pid.and_then(ProcessUsage::read);
+    let cpu_after = usage();
     eprintln!("   send: {:.0} events/s", send.events_per_second);
 
     let fanout = workloads::fanout(&client, &users[0], &users[1], params.fanout).await?;
@@ -143,7 +158,7 @@ async fn measure(target: Target, params: Params, external_pid: Option<u32>) -> a
     let initial_sync = workloads::initial_sync(&client, &sync_user, params.rooms, 10).await?;
     eprintln!("   initial sync p50: {:.1} ms", initial_sync.p50_ms);
 
-    let resources = match (cpu_before, cpu_after, pid.and_then(ProcessUsage::read)) {
+    let resources = match (cpu_before, cpu_after, usage()) {
         (Some(before), Some(after), Some(end)) if send.events > 0 => Some(Resources {
             cpu_ms_per_event: (after.cpu_seconds - before.cpu_seconds) * 1000.0 / send.events as f64,
             peak_rss_mib: end.peak_rss_mib,
@@ -175,6 +190,22 @@ fn print_report(r: &Report) {
             res.cpu_ms_per_event, res.peak_rss_mib, res.final_rss_mib
         ),
         None => println!("server: resources unknown (pass --target-pid for an external server)"),
+    }
+}
+
+/// One line per process count: how the workloads scale over processes on one database.
+fn print_scaling(reports: &[Report], counts: &[usize]) {
+    println!("\nprocesses on one database (requests round-robin over them)");
+    println!(
+        "{:>9} {:>14} {:>12} {:>14} {:>18} {:>14}",
+        "processes", "send events/s", "send p99 ms", "fan-out p99 ms", "initial sync p50", "CPU ms/event"
+    );
+    for (report, count) in reports.iter().zip(counts) {
+        let cpu = report.resources.as_ref().map_or(f64::NAN, |r| r.cpu_ms_per_event);
+        println!(
+            "{count:>9} {:>14.0} {:>12.2} {:>14.2} {:>18.2} {cpu:>14.3}",
+            report.send.events_per_second, report.send.latency.p99_ms, report.fanout.p99_ms, report.initial_sync.p50_ms
+        );
     }
 }
 

@@ -44,6 +44,19 @@ pub struct ProcessUsage {
 }
 
 impl ProcessUsage {
+    /// The summed usage of processes `pids` (peaks summed too: an upper bound of the peak of the
+    /// sum); `None` when there are none or one cannot be read.
+    pub fn read_all(pids: &[u32]) -> Option<Self> {
+        let mut total = Self { cpu_seconds: 0.0, rss_mib: 0.0, peak_rss_mib: 0.0 };
+        for &pid in pids {
+            let one = Self::read(pid)?;
+            total.cpu_seconds += one.cpu_seconds;
+            total.rss_mib += one.rss_mib;
+            total.peak_rss_mib += one.peak_rss_mib;
+        }
+        (!pids.is_empty()).then_some(total)
+    }
+
     /// Reads the usage of process `pid`; `None` where `/proc` is unavailable.
     pub fn read(pid: u32) -> Option<Self> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -54,6 +54,10 @@ pub struct Listen {
     /// Address and port of the federation (Server-Server API) listener, served over TLS when
     /// `federation.enabled`.
     pub federation: SocketAddr,
+    /// Behind a reverse proxy: take the client's address (for rate limits and the device list)
+    /// from the last `X-Forwarded-For` entry, the one the proxy appended. Only for a listener
+    /// that nothing but the proxy can reach, or clients could pick their own address.
+    pub x_forwarded: bool,
 }
 
 /// The Server-Server API.
@@ -194,7 +198,11 @@ impl Default for Config {
 
 impl Default for Listen {
     fn default() -> Self {
-        Self { client: SocketAddr::from(([127, 0, 0, 1], 8008)), federation: SocketAddr::from(([0, 0, 0, 0], 8448)) }
+        Self {
+            client: SocketAddr::from(([127, 0, 0, 1], 8008)),
+            federation: SocketAddr::from(([0, 0, 0, 0], 8448)),
+            x_forwarded: false,
+        }
     }
 }
 

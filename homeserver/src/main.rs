@@ -30,6 +30,9 @@ enum Command {
     Openapi,
     /// Check the configuration and exit.
     CheckConfig,
+    /// Exit 0 if the server configured here answers `GET /_matrix/client/versions` on its client
+    /// listener, 1 if not: the container image's HEALTHCHECK (so the image needs no curl).
+    Health,
     /// Replace the server's signing key with a new one (run while the server is stopped). The
     /// old key stays published as an `old_verify_keys` entry, so what it signed still verifies.
     RotateSigningKey,
@@ -54,6 +57,9 @@ fn start(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::CheckConfig) = cli.command {
         println!("configuration is valid");
         return Ok(());
+    }
+    if let Some(Command::Health) = cli.command {
+        return health(config.listen.client);
     }
     if let Some(Command::RotateSigningKey) = cli.command {
         let path = config.data_dir.join("signing.key");
@@ -97,6 +103,28 @@ fn start(cli: Cli) -> anyhow::Result<()> {
         let listeners = myelin_homeserver::Listeners { client, federation };
         myelin_homeserver::serve(config, listeners, shutdown_signal()).await?;
         anyhow::Ok(())
+    })
+}
+
+/// Asks the client listener at `address` (its loopback twin when it listens on all
+/// addresses) for the supported versions.
+fn health(mut address: std::net::SocketAddr) -> anyhow::Result<()> {
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{address}/_matrix/client/versions");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
+        let response = http.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+        anyhow::ensure!(response.status().is_success(), "GET {url}: {}", response.status());
+        let versions: serde_json::Value = response.json().await.with_context(|| format!("GET {url}"))?;
+        anyhow::ensure!(versions["versions"].is_array(), "GET {url}: not a versions answer");
+        println!("healthy: {url}");
+        Ok(())
     })
 }
 

@@ -110,7 +110,14 @@ fn access_token(req: &Request) -> Option<String> {
     pairs.into_iter().find(|(k, _)| k == "access_token").map(|(_, v)| v).filter(|t| !t.is_empty())
 }
 
-/// The address of the connected client.
+/// The address of the client: the connected one, or with `listen.x_forwarded` the one the
+/// reverse proxy in front appended to `X-Forwarded-For` (the last entry: earlier ones are
+/// whatever the client sent).
 pub fn client_ip(req: &Request) -> Option<IpAddr> {
-    req.remote_addr().as_socket_addr().map(|addr| addr.ip())
+    let peer = req.remote_addr().as_socket_addr().map(|addr| addr.ip());
+    if !req.data::<AppState>().is_some_and(|state| state.config.listen.x_forwarded) {
+        return peer;
+    }
+    let forwarded = req.headers().get_all("x-forwarded-for").iter().next_back();
+    forwarded.and_then(|value| value.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()).or(peer)
 }

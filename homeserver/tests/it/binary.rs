@@ -149,3 +149,81 @@ async fn secrets_and_message_content_stay_out_of_the_log_at_trace_level() {
         assert!(!log.contains(secret), "{secret} reached the log");
     }
 }
+
+/// The container image's start-up path, without a container engine: the binary with exactly
+/// the Dockerfile's `ENV` (the data directory and port moved somewhere free), checked with the
+/// image's own HEALTHCHECK command.
+#[tokio::test]
+async fn the_container_images_environment_starts_a_healthy_server() {
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Dockerfile")).unwrap();
+    let instructions = dockerfile_instructions(&dockerfile);
+    let instruction =
+        |name: &'static str| instructions.iter().filter(move |(n, _)| n == name).map(|(_, args)| args.as_str());
+    let image_env: Vec<(String, String)> = instruction("ENV")
+        .flat_map(|args| args.split_whitespace())
+        .map(|pair| pair.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).expect("KEY=value"))
+        .collect();
+    assert!(image_env.iter().any(|(k, v)| k == "MYELIN_DATA_DIR" && v == "/data"), "{image_env:?}");
+    assert_eq!(instruction("EXPOSE").collect::<Vec<_>>(), ["8008 8448"]);
+    assert!(instruction("USER").all(|user| !user.starts_with("0") && !user.starts_with("root")));
+    assert!(instruction("USER").next().is_some(), "runs as a non-root user");
+    let healthcheck = instruction("HEALTHCHECK").next().expect("a HEALTHCHECK");
+    assert!(healthcheck.ends_with(r#"CMD ["myelin-server", "health"]"#), "{healthcheck}");
+
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let image = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_myelin-server"));
+        cmd.env_clear().args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (key, value) in &image_env {
+            let value = match key.as_str() {
+                "MYELIN_DATA_DIR" => data.path().display().to_string(),
+                // The image's address (all interfaces), on a free port.
+                "MYELIN_LISTEN__CLIENT" => value.replace(":8008", &format!(":{port}")),
+                _ => value.clone(),
+            };
+            cmd.env(key, value);
+        }
+        cmd
+    };
+    let health = |label: &str| {
+        let output = image(&["health"]).output().unwrap();
+        (
+            output.status.success(),
+            format!("{label}: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+        )
+    };
+    let checked = image(&["check-config"]).output().unwrap();
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    let (healthy, said) = health("before start");
+    assert!(!healthy, "no server yet, yet healthy: {said}");
+
+    let mut child = image(&[]).spawn().unwrap();
+    let http = reqwest::Client::new();
+    wait_until_up(&http, &format!("http://127.0.0.1:{port}")).await;
+    let (healthy, said) = health("running");
+    assert!(healthy, "{said}");
+    assert!(data.path().join("signing.key").exists() && data.path().join("myelin.db").exists());
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "stops cleanly on SIGTERM (docker stop): {status:?}");
+}
+
+/// The Dockerfile's instructions as (NAME, arguments), continuation lines joined, comments out.
+fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().map(str::trim).filter(|line| !line.starts_with('#')) {
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                if let Some((name, args)) = current.trim().split_once(char::is_whitespace) {
+                    instructions.push((name.to_ascii_uppercase(), args.trim().to_owned()));
+                }
+                current.clear();
+            }
+        }
+    }
+    instructions
+}

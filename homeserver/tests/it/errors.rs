@@ -9,7 +9,8 @@ backend_tests!(
     malformed_bodies,
     oversized_bodies,
     unknown_endpoints_and_methods,
-    login_and_registration_are_rate_limited
+    login_and_registration_are_rate_limited,
+    behind_a_proxy_limits_are_per_forwarded_client,
 );
 
 async fn raw(
@@ -138,4 +139,34 @@ async fn login_and_registration_are_rate_limited(backend: TestBackend) {
     let limited = decode(resp).await;
     assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
     assert!(limited.1["retry_after_ms"].as_u64().is_some());
+}
+
+/// Behind a reverse proxy every client connects from the proxy's address: with
+/// `listen.x_forwarded` each gets its own bucket, keyed by what the proxy appended.
+async fn behind_a_proxy_limits_are_per_forwarded_client(backend: TestBackend) {
+    let configure = |x_forwarded: bool| {
+        move |c: &mut myelin_homeserver::Config| {
+            c.rate_limits.enabled = true;
+            c.rate_limits.registration = myelin_homeserver::config::Rate { per_second: 0.01, burst: 2 };
+            c.listen.x_forwarded = x_forwarded;
+        }
+    };
+    let available = |h: &Harness, forwarded: &'static str, name: &str| {
+        let request = h.http.get(h.url(&format!("/_matrix/client/v3/register/available?username={name}")));
+        async move { request.header("X-Forwarded-For", forwarded).send().await.unwrap().status() }
+    };
+    let h = Harness::start_with(backend, configure(true)).await;
+    // The client claims 192.0.2.1; the proxy appended the address it saw.
+    for name in ["a1", "a2"] {
+        assert_eq!(available(&h, "192.0.2.1, 198.51.100.1", name).await, StatusCode::OK);
+    }
+    assert_eq!(available(&h, "192.0.2.2, 198.51.100.1", "a3").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(available(&h, "198.51.100.2", "b1").await, StatusCode::OK, "another client has its own bucket");
+
+    // Off (the default), the header is the client's word and counts for nothing.
+    let h = Harness::start_with(backend, configure(false)).await;
+    for name in ["a1", "a2"] {
+        assert_eq!(available(&h, "198.51.100.1", name).await, StatusCode::OK);
+    }
+    assert_eq!(available(&h, "198.51.100.2", "b1").await, StatusCode::TOO_MANY_REQUESTS);
 }
