@@ -107,9 +107,14 @@ pub struct User {
 impl User {
     /// Registers `name` on `server`.
     pub async fn register(server: &TestServer, name: &str) -> Self {
+        Self::register_at(&server.base_url, name).await
+    }
+
+    /// Registers `name` on the server whose client API is at `base_url`.
+    pub async fn register_at(base_url: &str, name: &str) -> Self {
         let http = reqwest::Client::new();
         let response: Value = http
-            .post(format!("{}/_matrix/client/v3/register", server.base_url))
+            .post(format!("{base_url}/_matrix/client/v3/register"))
             .json(&json!({ "username": name, "password": "federation test password", "auth": { "type": "m.login.dummy" } }))
             .send()
             .await
@@ -120,16 +125,21 @@ impl User {
         Self {
             user_id: response["user_id"].as_str().expect("user_id").to_owned(),
             token: response["access_token"].as_str().expect("access_token").to_owned(),
-            base_url: server.base_url.clone(),
+            base_url: base_url.to_owned(),
             http,
         }
     }
 
     /// The same account, on `server` as it runs now (a restarted server has a new client port).
     pub fn on(&self, server: &TestServer) -> User {
+        self.at(&server.base_url)
+    }
+
+    /// The same account, through the client API at `base_url` (another process of its server).
+    pub fn at(&self, base_url: &str) -> User {
         User {
             user_id: self.user_id.clone(),
-            base_url: server.base_url.clone(),
+            base_url: base_url.to_owned(),
             token: self.token.clone(),
             http: self.http.clone(),
         }
@@ -196,4 +206,104 @@ pub fn encode(segment: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// One federating server run by several `myelin-server` processes (the real binary, configured
+/// from the environment only) on one PostgreSQL database and one data directory. Its name is
+/// `localhost:<the first process's federation port>`: other servers reach that process; every
+/// process sends.
+pub struct Processes {
+    /// The server name.
+    pub server_name: String,
+    /// Each process's client API base URL.
+    pub client_urls: Vec<String>,
+    children: Vec<Option<std::process::Child>>,
+    /// The database the processes share.
+    pub database: myelin_homeserver::test_support::TestDatabase,
+    _data: tempfile::TempDir,
+}
+
+impl Processes {
+    /// Starts `count` processes with certificates from `ca`, and waits until each answers.
+    pub async fn start(ca: &TestCa, count: usize) -> Self {
+        let database = myelin_homeserver::test_support::TestDatabase::create(TestBackend::Postgres).await;
+        let data = tempfile::tempdir().expect("temporary directory");
+        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let federation_ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+        let server_name = format!("localhost:{}", federation_ports[0]);
+        let (cert, key) = ca.leaf(&format!("processes-{}", federation_ports[0]));
+        let mut children = Vec::new();
+        let mut client_urls = Vec::new();
+        for (index, federation_port) in federation_ports.into_iter().enumerate() {
+            let client_port = free_port();
+            let log = std::fs::File::create(data.path().join(format!("process-{index}.log"))).expect("log file");
+            let child = std::process::Command::new(server_binary())
+                .env_clear()
+                .env("MYELIN_SERVER_NAME", &server_name)
+                .env("MYELIN_DATA_DIR", data.path())
+                .env("MYELIN_DATABASE__URL", &database.url)
+                .env("MYELIN_DATABASE__MAX_CONNECTIONS", "6")
+                .env("MYELIN_LISTEN__CLIENT", format!("127.0.0.1:{client_port}"))
+                .env("MYELIN_LISTEN__FEDERATION", format!("127.0.0.1:{federation_port}"))
+                .env("MYELIN_PUBLIC_BASEURL", format!("http://127.0.0.1:{client_port}"))
+                .env("MYELIN_RATE_LIMITS__ENABLED", "false")
+                .env("MYELIN_FEDERATION__ENABLED", "true")
+                .env("MYELIN_FEDERATION__TLS_CERT", &cert)
+                .env("MYELIN_FEDERATION__TLS_KEY", &key)
+                .env("MYELIN_FEDERATION__TRUSTED_CA", &ca.cert_path)
+                .env("MYELIN_FEDERATION__ALLOW_PRIVATE_ADDRESSES", "true")
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .expect("start myelin-server");
+            children.push(Some(child));
+            client_urls.push(format!("http://127.0.0.1:{client_port}"));
+        }
+        let http = reqwest::Client::new();
+        for url in &client_urls {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while http.get(format!("{url}/_matrix/client/versions")).send().await.is_err() {
+                assert!(std::time::Instant::now() < deadline, "{url} did not come up");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        Self { server_name, client_urls, children, database, _data: data }
+    }
+
+    /// Kills the process with this PID with SIGKILL (no shutdown: its leases stay taken).
+    pub fn kill(&mut self, pid: u32) {
+        let child = self.children.iter_mut().find(|c| c.as_ref().is_some_and(|c| c.id() == pid)).expect("one of ours");
+        let mut child = child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for mut child in self.children.iter_mut().filter_map(Option::take) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `myelin-server` binary of this build (`target/<profile>/`), built first if missing, or
+/// the one `MYELIN_SERVER_BIN` names.
+fn server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("MYELIN_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    // Tests run from target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable");
+    let binary = exe.parent().and_then(|deps| deps.parent()).expect("target directory").join("myelin-server");
+    if !binary.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "myelin-homeserver", "--bin", "myelin-server"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building myelin-server failed");
+    }
+    binary
 }

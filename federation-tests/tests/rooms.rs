@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use myelin_federation_tests::{TestCa, User, encode, federated_server};
+use myelin_federation_tests::{Processes, TestCa, User, encode, federated_server};
 use myelin_homeserver::test_support::TestBackend;
 use serde_json::{Value, json};
 
@@ -421,4 +421,65 @@ async fn a_ban_racing_a_join_wins_on_both_servers() {
         }
         assert!(!members(user, &room_id).await.contains(&carol.user_id));
     }
+}
+
+/// A server run by two processes on one database: the process sending to another server dies
+/// (SIGKILL) with a transaction in flight and its lease taken; the other takes the destination
+/// over when the lease runs out and delivers. Until then nobody sends twice to one destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_takes_over_sending_when_the_first_dies() {
+    use sqlx::{Connection, Row};
+
+    let ca = TestCa::new();
+    let mut a = Processes::start(&ca, 2).await;
+    let b = federated_server(&ca, TestBackend::Sqlite).await;
+    let alice = User::register_at(&a.client_urls[0], "alice").await;
+    let bob = User::register(&b, "bob").await;
+    let room_id = shared_room(&alice, &bob, "public_chat").await;
+    send(&alice.at(&a.client_urls[1]), &room_id, "before").await;
+    assert_eq!(wait_for_messages(&bob, &room_id, 1).await, ["before"]);
+
+    // B stops answering: its port accepts connections and says nothing, so A's request hangs.
+    let mut b = b;
+    let b_address = b.config.listen.federation;
+    b.stop().await;
+    let black_hole = tokio::net::TcpSocket::new_v4().unwrap();
+    black_hole.set_reuseaddr(true).unwrap();
+    black_hole.bind(b_address).unwrap();
+    let black_hole = black_hole.listen(64).unwrap();
+    send(&alice.at(&a.client_urls[1]), &room_id, "during").await;
+
+    // Whichever process took the destination dies holding it.
+    let mut db = sqlx::PgConnection::connect(&a.database.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let owner: String = loop {
+        let row = sqlx::query("SELECT lease_owner FROM federation_destinations WHERE destination = $1")
+            .bind(&b.config.server_name)
+            .fetch_optional(&mut db)
+            .await
+            .unwrap();
+        if let Some(owner) = row.and_then(|row| row.get::<Option<String>, _>(0)) {
+            break owner;
+        }
+        assert!(Instant::now() < deadline, "no process took the destination");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let pid: u32 = owner.split('-').next().unwrap().parse().unwrap();
+    a.kill(pid);
+    drop(black_hole);
+    let b = b.restart().await;
+    let bob = bob.on(&b);
+
+    // The survivor sends once the dead process's lease has run out (15 s), not minutes later.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(45);
+    loop {
+        let seen = messages(&bob, &room_id).await;
+        if seen == ["before", "during"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the other process never delivered: B has {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = db.close().await;
 }

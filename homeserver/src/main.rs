@@ -118,7 +118,8 @@ fn health(mut address: std::net::SocketAddr) -> anyhow::Result<()> {
     let url = format!("http://{address}/_matrix/client/versions");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build()?;
+        // No proxy: HTTP(S)_PROXY in the container's environment is for outbound traffic.
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).no_proxy().build()?;
         let response = http.get(&url).send().await.with_context(|| format!("GET {url}"))?;
         anyhow::ensure!(response.status().is_success(), "GET {url}: {}", response.status());
         let versions: serde_json::Value = response.json().await.with_context(|| format!("GET {url}"))?;

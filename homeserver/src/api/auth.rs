@@ -119,5 +119,8 @@ pub fn client_ip(req: &Request) -> Option<IpAddr> {
         return peer;
     }
     let forwarded = req.headers().get_all("x-forwarded-for").iter().next_back();
-    forwarded.and_then(|value| value.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()).or(peer)
+    let last = forwarded.and_then(|value| Some(value.to_str().ok()?.rsplit(',').next()?.trim().to_owned()));
+    // Some balancers append `address:port`.
+    last.and_then(|entry| entry.parse().ok().or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip())))
+        .or(peer)
 }

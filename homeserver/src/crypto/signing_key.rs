@@ -199,6 +199,23 @@ fn create_atomically(path: &Path, contents: &[u8]) -> std::io::Result<bool> {
     match linked {
         Ok(()) => sync_parent(path).map(|()| true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        // Some network and container volumes have no hard links: exclusive creation still lets
+        // one process win (a crash mid-write then leaves a file that fails to load, loudly).
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied) => {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            match options.open(path) {
+                Ok(mut file) => {
+                    file.write_all(contents)?;
+                    file.sync_all()?;
+                    sync_parent(path).map(|()| true)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => Err(e),
     }
 }

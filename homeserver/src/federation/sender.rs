@@ -16,7 +16,8 @@ use crate::state::AppState;
 use crate::storage::{PendingTransaction, now_ms};
 
 /// How long a process holds a destination without renewing it: how long a destination waits
-/// when the process sending to it dies (kill -9, power loss) before another takes over.
+/// when the process sending to it dies (kill -9, power loss) before another takes over. Leases
+/// compare the processes' clocks: they must agree to well within this (NTP).
 const LEASE_MS: i64 = 15_000;
 /// How often a lease is renewed while a transaction is in flight (requests may take a minute).
 const RENEW: Duration = Duration::from_secs(5);
@@ -32,7 +33,9 @@ const MAX_BACKOFF_MS: i64 = 300_000;
 
 /// Runs until `stopped` says so.
 pub async fn run(state: AppState, mut stopped: tokio::sync::watch::Receiver<bool>) {
-    let owner = uuid::Uuid::new_v4().simple().to_string();
+    // The PID first: an operator (or a test) looking at `federation_destinations` can tell which
+    // process holds a destination; the UUID keeps a restarted process with a reused PID apart.
+    let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
     let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut workers = tokio::task::JoinSet::new();
     loop {
@@ -101,8 +104,11 @@ async fn deliver(state: &AppState, destination: &str, owner: &str) -> Result<(),
             tokio::select! {
                 sent = &mut put => break sent,
                 () = tokio::time::sleep(RENEW) => {
-                    if !state.storage.lease_destination(destination, owner, now_ms() + LEASE_MS, now_ms()).await? {
-                        // Taken over: the other process resends this transaction (same ID).
+                    // Bounded: a renewal stuck longer than that could outlive the lease, and another
+                    // process would send this transaction too. Unsure whether we still hold it, we
+                    // stop; the lease runs out and the destination is taken up again (same ID).
+                    let renewal = state.storage.lease_destination(destination, owner, now_ms() + LEASE_MS, now_ms());
+                    if !matches!(tokio::time::timeout(RENEW, renewal).await, Ok(Ok(true))) {
                         return Ok(());
                     }
                 }

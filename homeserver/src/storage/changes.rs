@@ -43,8 +43,8 @@ impl Storage {
 }
 
 impl Changes {
-    /// The next change. Reconnects (every second while the database is unreachable) when the
-    /// connection drops, and then says [`Change::Missed`].
+    /// The next change. When the connection drops, reconnects (every second while the database
+    /// is unreachable), listens again and then says [`Change::Missed`].
     pub async fn next(&mut self) -> Change {
         loop {
             match self.0.try_recv().await {
@@ -58,11 +58,19 @@ impl Changes {
                     MEDIA => return Change::Media,
                     _ => {}
                 },
-                // Lost; the next call reconnects and listens again.
+                // Lost, and already reconnected and listening again.
                 Ok(None) => return Change::Missed,
+                // Lost, and the reconnect failed: any query through the listener reconnects and
+                // listens again; only once one succeeds is nothing missed from then on.
                 Err(err) => {
                     tracing::warn!(error = %err, "listening for other processes' changes");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        match sqlx::query("SELECT 1").execute(&mut self.0).await {
+                            Ok(_) => return Change::Missed,
+                            Err(err) => tracing::warn!(error = %err, "reconnecting to listen for changes"),
+                        }
+                    }
                 }
             }
         }

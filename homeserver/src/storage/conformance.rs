@@ -201,3 +201,37 @@ async fn federation_queue_and_server_keys(backend: TestBackend) {
     assert_eq!(s.server_key("c.example", "ed25519:b").await.unwrap(), None);
     assert_eq!(s.server_key_responses("c.example").await.unwrap(), [("{\"doc\":1}".to_owned(), 500)]);
 }
+
+/// Other processes' commits are heard on PostgreSQL (SQLite serves one process: no channel);
+/// a dropped listening connection comes back, says so, and hears what follows.
+#[tokio::test]
+#[cfg_attr(not(myelin_postgres_tests), ignore = "set MYELIN_TEST_POSTGRES_URL to run")]
+async fn changes_are_heard_across_processes_and_after_a_reconnect() {
+    let (_sqlite, s) = open(TestBackend::Sqlite).await;
+    assert!(s.changes().await.unwrap().is_none());
+
+    let (_db, s) = open(TestBackend::Postgres).await;
+    let mut changes = s.changes().await.unwrap().expect("PostgreSQL listens");
+    let position = s.set_presence("@a:x", "online", None, 1).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Stream(position));
+    let outgoing = Outgoing { destination: "b.example".into(), kind: "edu", json: "{}".into() };
+    s.enqueue_federation(&[outgoing], 1).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Outbox);
+
+    // The listening connection is cut (a database restart, a proxy timeout).
+    let killed = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    .fetch_all(&s.pool)
+    .await
+    .unwrap();
+    assert_eq!(killed.len(), 1, "one listening connection");
+    assert_eq!(next_change(&mut changes).await, Change::Missed);
+    let position = s.set_presence("@a:x", "offline", None, 2).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Stream(position));
+}
+
+async fn next_change(changes: &mut Changes) -> Change {
+    tokio::time::timeout(std::time::Duration::from_secs(20), changes.next()).await.expect("a change")
+}
