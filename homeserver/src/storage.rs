@@ -118,6 +118,14 @@ impl Storage {
                 Box::pin(async move { conn.execute("PRAGMA synchronous = FULL").await.map(|_| ()) })
             });
         }
+        if backend == Backend::Postgres {
+            // Every connection is opened up front and kept (replaced in the background when it
+            // ages out), never in a request's path: sqlx 0.9 leaves Nagle's algorithm on for
+            // PostgreSQL sockets (sqlx#4335, fixed after 0.9.0), and a connection's start-up
+            // exchange then waits out delayed ACKs — measured as 40–200 ms stalls on one request
+            // in a hundred until the pool was warm.
+            pool_options = pool_options.min_connections(max_connections);
+        }
         let pool = pool_options.connect_with(options).await?;
         if backend == Backend::Sqlite {
             // WAL lets readers proceed during a write; the mode is stored in the file, so
