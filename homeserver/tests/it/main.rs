@@ -5,6 +5,7 @@ mod support;
 
 mod auth_rules;
 mod binary;
+mod crash;
 mod devices;
 mod directory;
 mod discovery;
@@ -13,6 +14,7 @@ mod ephemeral;
 mod errors;
 mod media;
 mod openapi;
+mod processes;
 mod profile;
 mod register;
 mod restart;

@@ -5,118 +5,10 @@
 //! with SIGKILL under load loses no acknowledged event while the others keep serving.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use myelin_homeserver::test_support::TestDatabase;
-
-use crate::binary::{free_port, server, wait_until_up};
+use crate::processes::{Cluster, SERVER_NAME};
 use crate::support::*;
-
-const SERVER_NAME: &str = "cluster.test";
-
-/// One database, one data directory (the shared signing key and media folder), N processes.
-struct Cluster {
-    database: TestDatabase,
-    data: tempfile::TempDir,
-    processes: Vec<Process>,
-}
-
-struct Process {
-    child: Option<Child>,
-    port: u16,
-    client: Client,
-}
-
-impl Cluster {
-    async fn start(count: usize) -> Self {
-        let database = TestDatabase::create(TestBackend::Postgres).await;
-        let data = tempfile::tempdir().unwrap();
-        let mut cluster = Self { database, data, processes: Vec::new() };
-        for index in 0..count {
-            let port = free_port();
-            let child = cluster.spawn(index, port);
-            cluster.processes.push(Process {
-                child: Some(child),
-                port,
-                client: Client::new(&format!("http://127.0.0.1:{port}")),
-            });
-        }
-        for process in &cluster.processes {
-            wait_until_up(&process.client.http, &process.client.base_url).await;
-        }
-        cluster
-    }
-
-    fn spawn(&self, index: usize, port: u16) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.data.path().join(format!("process-{index}.log")))
-            .unwrap();
-        let mut command: Command = server(self.data.path(), port);
-        command
-            .env("MYELIN_SERVER_NAME", SERVER_NAME)
-            .env("MYELIN_DATABASE__URL", &self.database.url)
-            .env("MYELIN_DATABASE__MAX_CONNECTIONS", "6")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log));
-        command.spawn().unwrap()
-    }
-
-    /// SIGKILL: no shutdown, no lease release, connections cut.
-    fn kill(&mut self, index: usize) {
-        let mut child = self.processes[index].child.take().expect("running");
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// Starts a killed process again on its port.
-    async fn restart(&mut self, index: usize) {
-        let child = self.spawn(index, self.processes[index].port);
-        self.processes[index].child = Some(child);
-        let process = &self.processes[index];
-        wait_until_up(&process.client.http, &process.client.base_url).await;
-    }
-}
-
-impl std::ops::Index<usize> for Cluster {
-    type Output = Client;
-
-    fn index(&self, index: usize) -> &Client {
-        &self.processes[index].client
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Every event of the room in timeline order, read forwards through `/messages`.
-async fn timeline(client: &Client, account: &Account, room: &str) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut from: Option<String> = None;
-    loop {
-        let mut path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=100");
-        if let Some(from) = &from {
-            path.push_str(&format!("&from={from}"));
-        }
-        let (status, page) = client.get(&path, Some(&account.access_token)).await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        let chunk = page["chunk"].as_array().unwrap();
-        if chunk.is_empty() || page["end"].is_null() {
-            events.extend(chunk.iter().cloned());
-            return events;
-        }
-        events.extend(chunk.iter().cloned());
-        from = Some(page["end"].as_str().unwrap().to_owned());
-    }
-}
 
 fn message_ids(events: &[Value]) -> Vec<String> {
     events
@@ -139,7 +31,7 @@ fn waiting_sync(client: &Client, account: &Account, since: &str) -> tokio::task:
 #[tokio::test]
 #[cfg_attr(not(myelin_postgres_tests), ignore = "set MYELIN_TEST_POSTGRES_URL to run")]
 async fn users_on_different_processes_chat_and_syncs_wake_across_processes() {
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::start(TestBackend::Postgres, 2).await;
     let (one, two) = (&cluster[0], &cluster[1]);
     let alice = one.register("alice", "pw").await;
     let bob = two.register("bob", "pw").await;
@@ -170,8 +62,8 @@ async fn users_on_different_processes_chat_and_syncs_wake_across_processes() {
         let (process, account) = if n % 2 == 0 { (one, &alice) } else { (two, &bob) };
         assert_eq!(process.send_text(account, &room, &format!("m{n}")).await.0, StatusCode::OK);
     }
-    let seen_by_one = bodies(&Value::from(timeline(one, &alice, &room).await));
-    let seen_by_two = bodies(&Value::from(timeline(two, &bob, &room).await));
+    let seen_by_one = bodies(&Value::from(one.timeline(&alice, &room).await));
+    let seen_by_two = bodies(&Value::from(two.timeline(&bob, &room).await));
     let expected: Vec<String> = ["hello from process 1", "hello from process 2"]
         .into_iter()
         .map(str::to_owned)
@@ -184,7 +76,7 @@ async fn users_on_different_processes_chat_and_syncs_wake_across_processes() {
 #[tokio::test]
 #[cfg_attr(not(myelin_postgres_tests), ignore = "set MYELIN_TEST_POSTGRES_URL to run")]
 async fn a_transaction_id_sends_once_whichever_processes_it_reaches() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(TestBackend::Postgres, 3).await;
     let alice = cluster[0].register("alice", "pw").await;
     let room = cluster[0].create_room(&alice, json!({})).await;
 
@@ -206,7 +98,7 @@ async fn a_transaction_id_sends_once_whichever_processes_it_reaches() {
         let (status, again) = cluster[round % 3].put(&path, Some(&alice.access_token), body).await;
         assert_eq!((status, again["event_id"].as_str()), (StatusCode::OK, ids.iter().next().map(String::as_str)));
     }
-    let events = timeline(&cluster[1], &alice, &room).await;
+    let events = cluster[1].timeline(&alice, &room).await;
     let expected: Vec<String> = (0..5).map(|round| format!("once {round}")).collect();
     assert_eq!(bodies(&Value::from(events)), expected);
 }
@@ -216,7 +108,7 @@ async fn a_transaction_id_sends_once_whichever_processes_it_reaches() {
 async fn a_process_killed_under_load_loses_no_acknowledged_event() {
     const SENDERS: usize = 6;
     const PER_SENDER: usize = 40;
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(TestBackend::Postgres, 3).await;
     let alice = cluster[0].register("alice", "pw").await;
     let room = cluster[0].create_room(&alice, json!({"preset": "public_chat"})).await;
     let bases: Vec<String> = (0..3).map(|i| cluster[i].base_url.clone()).collect();
@@ -273,7 +165,7 @@ async fn a_process_killed_under_load_loses_no_acknowledged_event() {
 
     // Every acknowledged event is there, once, under the ID it was acknowledged with, in each
     // sender's order; both survivors and the restarted process see the same timeline.
-    let events = timeline(&cluster[0], &alice, &room).await;
+    let events = cluster[0].timeline(&alice, &room).await;
     let ids = message_ids(&events);
     let unique: HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "no event twice");
@@ -292,9 +184,9 @@ async fn a_process_killed_under_load_loses_no_acknowledged_event() {
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "sender {sender}'s messages out of order");
     }
-    assert_eq!(message_ids(&timeline(&cluster[2], &alice, &room).await), ids);
+    assert_eq!(message_ids(&cluster[2].timeline(&alice, &room).await), ids);
     cluster.restart(1).await;
-    assert_eq!(message_ids(&timeline(&cluster[1], &alice, &room).await), ids);
+    assert_eq!(message_ids(&cluster[1].timeline(&alice, &room).await), ids);
     // And it writes again.
     assert_eq!(cluster[1].send_text(&alice, &room, "back").await.0, StatusCode::OK);
 }
@@ -302,7 +194,7 @@ async fn a_process_killed_under_load_loses_no_acknowledged_event() {
 #[tokio::test]
 #[cfg_attr(not(myelin_postgres_tests), ignore = "set MYELIN_TEST_POSTGRES_URL to run")]
 async fn a_download_waiting_on_one_process_gets_an_upload_made_through_another() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(TestBackend::Postgres, 3).await;
     let alice = cluster[0].register("alice", "pw").await;
     let (status, created) = cluster[0].post("/_matrix/media/v1/create", Some(&alice.access_token), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{created}");

@@ -151,6 +151,27 @@ pub fn assert_error(response: &(StatusCode, Value), status: StatusCode, errcode:
 }
 
 impl Client {
+    /// Every event of the room in timeline order, read forwards through `/messages`.
+    pub async fn timeline(&self, account: &Account, room: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut from: Option<String> = None;
+        loop {
+            let mut path = format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=100");
+            if let Some(from) = &from {
+                path.push_str(&format!("&from={from}"));
+            }
+            let (status, page) = self.get(&path, Some(&account.access_token)).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            let chunk = page["chunk"].as_array().unwrap();
+            if chunk.is_empty() || page["end"].is_null() {
+                events.extend(chunk.iter().cloned());
+                return events;
+            }
+            events.extend(chunk.iter().cloned());
+            from = Some(page["end"].as_str().unwrap().to_owned());
+        }
+    }
+
     /// `POST /createRoom`; panics unless it succeeds.
     pub async fn create_room(&self, account: &Account, body: Value) -> String {
         let (status, created) = self.post("/_matrix/client/v3/createRoom", Some(&account.access_token), body).await;
