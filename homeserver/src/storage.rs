@@ -108,6 +108,9 @@ impl Storage {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") { Backend::Sqlite } else { Backend::Postgres };
+        if backend == Backend::Sqlite {
+            create_private(url)?;
+        }
         let options = AnyConnectOptions::from_str(url)?;
         let mut pool_options =
             AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(30));
@@ -166,6 +169,26 @@ impl Storage {
             }
             Backend::Postgres => WriteTx { tx: self.pool.begin().await?, _writer: None },
         })
+    }
+}
+
+/// Creates the SQLite database file of `url`, if missing, readable by its owner only: it holds
+/// password hashes, keys and messages. SQLite gives its `-wal` and `-shm` files the database
+/// file's permissions.
+fn create_private(url: &str) -> Result<()> {
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+    let path = options.get_filename();
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") || path.exists() {
+        return Ok(());
+    }
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    match file.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Backend(sqlx::Error::Io(e))),
     }
 }
 

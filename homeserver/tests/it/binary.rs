@@ -45,6 +45,8 @@ async fn env_configured_binary_serves_and_stops_cleanly_on_sigterm() {
     let body = json!({"username": "alice", "password": "pw", "auth": {"type": "m.login.dummy"}});
     let resp = http.post(format!("{base}/_matrix/client/v3/register")).json(&body).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    // While it runs, the write-ahead log holds the latest writes.
+    assert_private(&data.path().join("myelin.db-wal"));
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -57,7 +59,7 @@ async fn env_configured_binary_serves_and_stops_cleanly_on_sigterm() {
     assert!(log.contains("myelin stopped"), "{log}");
     assert!(!log.contains("myl_"), "access tokens never reach the log: {log}");
     for file in ["myelin.db", "signing.key"] {
-        assert!(data.path().join(file).exists(), "{file} lives in the data directory");
+        assert_private(&data.path().join(file));
     }
     assert!(data.path().join("media").is_dir());
 
@@ -69,6 +71,19 @@ async fn env_configured_binary_serves_and_stops_cleanly_on_sigterm() {
     assert_eq!(resp.status(), StatusCode::OK);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// The file exists and only its owner may read it (it holds password hashes, keys, messages).
+#[track_caller]
+fn assert_private(path: &std::path::Path) {
+    let metadata = std::fs::metadata(path);
+    assert!(metadata.is_ok(), "{} lives in the data directory", path.display());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is readable by its owner only, not {mode:o}", path.display());
+    }
 }
 
 #[test]
