@@ -147,6 +147,14 @@ pub struct RateLimits {
     pub login: Rate,
     /// `POST /register` and `GET /register/available`, per IP address.
     pub registration: Rate,
+    /// Events sent (messages, state, redactions), per user. Server administrators are exempt.
+    pub message: Rate,
+    /// Room joins, per user. Server administrators are exempt.
+    pub join: Rate,
+    /// Media uploads, per user. Server administrators are exempt.
+    pub media_upload: Rate,
+    /// Federation requests, per origin server (after its signature checked out).
+    pub federation: Rate,
 }
 
 /// A token bucket: refills `per_second` requests per second, holds at most `burst`.
@@ -220,6 +228,10 @@ impl Default for RateLimits {
             enabled: true,
             login: Rate { per_second: 0.17, burst: 5 },
             registration: Rate { per_second: 0.17, burst: 6 },
+            message: Rate { per_second: 2.0, burst: 30 },
+            join: Rate { per_second: 0.1, burst: 10 },
+            media_upload: Rate { per_second: 1.0, burst: 20 },
+            federation: Rate { per_second: 50.0, burst: 200 },
         }
     }
 }
@@ -304,9 +316,15 @@ impl Config {
         {
             return invalid("registration.token", "must be 1 to 64 characters".to_owned());
         }
-        for (key, rate) in
-            [("rate_limits.login", self.rate_limits.login), ("rate_limits.registration", self.rate_limits.registration)]
-        {
+        let rates = &self.rate_limits;
+        for (key, rate) in [
+            ("rate_limits.login", rates.login),
+            ("rate_limits.registration", rates.registration),
+            ("rate_limits.message", rates.message),
+            ("rate_limits.join", rates.join),
+            ("rate_limits.media_upload", rates.media_upload),
+            ("rate_limits.federation", rates.federation),
+        ] {
             if !(rate.per_second.is_finite() && rate.per_second > 0.0) || rate.burst == 0 {
                 return invalid(key, "per_second must be > 0 and burst >= 1".to_owned());
             }

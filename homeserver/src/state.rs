@@ -54,7 +54,7 @@ impl AppState {
     ) -> Result<Self, FederationError> {
         let old_signing_keys = crate::crypto::load_old_keys(&config.data_dir.join(crate::crypto::OLD_KEYS_FILE))
             .map_err(|e| FederationError::Setup(e.to_string()))?;
-        let limits = Limiters::new(&config.rate_limits);
+        let limits = Limiters::new(&config.rate_limits, &config.admins);
         let notifier = Arc::new(tokio::sync::watch::Sender::new(stream_position));
         let signing_key = Arc::new(signing_key);
         let federation_client =

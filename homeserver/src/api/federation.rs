@@ -116,6 +116,7 @@ async fn authenticate<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Re
                     Ok(false) => {}
                     Err(err) => tracing::warn!(error = %err, "resetting a destination's backoff"),
                 }
+                state.limits.federation(&header.origin).map_err(MatrixError::from)?;
                 req.extensions_mut().insert(Origin(header.origin));
                 req.set_body(body);
                 return next.call(req).await.map(IntoResponse::into_response);

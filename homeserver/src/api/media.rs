@@ -76,6 +76,7 @@ impl MediaApi {
         filename: Query<Option<String>>,
         body: Binary<Body>,
     ) -> ApiResult<Json<ContentUri>> {
+        state.limits.media_upload(&user.user_id)?;
         let media_id = new_media_id();
         upload::store(&state, req, &user.user_id, filename.0.as_deref(), body.0, Target::New(&media_id)).await?;
         Ok(Json(ContentUri { content_uri: format!("mxc://{}/{media_id}", state.config.server_name) }))
@@ -87,6 +88,7 @@ impl MediaApi {
     /// <https://spec.matrix.org/v1.19/client-server-api/#post_matrixmediav1create>
     #[oai(path = "/_matrix/media/v1/create", method = "post", operation_id = "createContent")]
     async fn create(&self, state: Data<&AppState>, user: AuthedUser) -> ApiResult<Json<CreatedContent>> {
+        state.limits.media_upload(&user.user_id)?;
         let now = now_ms();
         if state.storage.pending_media_count(&user.user_id, now).await? >= MAX_PENDING_PER_USER {
             return Err(MatrixError::new(

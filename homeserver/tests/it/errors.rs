@@ -11,6 +11,7 @@ backend_tests!(
     unknown_endpoints_and_methods,
     login_and_registration_are_rate_limited,
     behind_a_proxy_limits_are_per_forwarded_client,
+    sends_joins_and_uploads_are_limited_per_user_not_for_admins,
 );
 
 async fn raw(
@@ -169,4 +170,60 @@ async fn behind_a_proxy_limits_are_per_forwarded_client(backend: TestBackend) {
         assert_eq!(available(&h, "198.51.100.1", name).await, StatusCode::OK);
     }
     assert_eq!(available(&h, "198.51.100.2", "b1").await, StatusCode::TOO_MANY_REQUESTS);
+}
+
+async fn sends_joins_and_uploads_are_limited_per_user_not_for_admins(backend: TestBackend) {
+    let slow = |burst| myelin_homeserver::config::Rate { per_second: 0.01, burst };
+    let h = Harness::start_with(backend, |c| {
+        c.rate_limits.enabled = true;
+        c.rate_limits.message = slow(3);
+        c.rate_limits.join = slow(1);
+        c.rate_limits.media_upload = slow(2);
+        c.admins = vec![format!("@admin:{}", c.server_name)];
+    })
+    .await;
+    let alice = h.register("alice", "pw").await;
+    let bob = h.register("bob", "pw").await;
+    let admin = h.register("admin", "pw").await;
+    let room = h.create_room(&alice, json!({"preset": "public_chat"})).await;
+    let other = h.create_room(&alice, json!({"preset": "public_chat"})).await;
+
+    for n in 0..3 {
+        assert_eq!(h.send_text(&alice, &room, &format!("m{n}")).await.0, StatusCode::OK);
+    }
+    let limited = h.send_text(&alice, &room, "one too many").await;
+    assert_error(&limited, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
+    assert!(limited.1["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", limited.1);
+    let state = format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic");
+    let topic = h.put(&state, Some(&alice.access_token), json!({"topic": "t"})).await;
+    assert_error(&topic, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
+
+    assert_eq!(h.membership(&bob, &room, "join", None).await.0, StatusCode::OK);
+    let second = h.membership(&bob, &other, "join", None).await;
+    assert_error(&second, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
+    assert_eq!(h.send_text(&bob, &room, "bob has his own bucket").await.0, StatusCode::OK);
+
+    let upload = |account: &Account| {
+        let request = h
+            .http
+            .post(h.url("/_matrix/media/v3/upload"))
+            .bearer_auth(&account.access_token)
+            .header("Content-Type", "text/plain")
+            .body("bytes");
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(upload(&alice).await, StatusCode::OK);
+    assert_eq!(upload(&alice).await, StatusCode::OK);
+    assert_eq!(upload(&alice).await, StatusCode::TOO_MANY_REQUESTS);
+
+    // Administrators are not limited.
+    for room in [&room, &other] {
+        assert_eq!(h.membership(&admin, room, "join", None).await.0, StatusCode::OK);
+    }
+    for n in 0..10 {
+        assert_eq!(h.send_text(&admin, &room, &format!("admin {n}")).await.0, StatusCode::OK);
+    }
+    for _ in 0..4 {
+        assert_eq!(upload(&admin).await, StatusCode::OK);
+    }
 }

@@ -142,6 +142,7 @@ impl RoomEventsApi {
         txn_id: Path<String>,
         body: Json<JsonObject>,
     ) -> ApiResult<Json<EventIdResponse>> {
+        state.limits.message(&user.user_id)?;
         let template = PduTemplate {
             kind: TimelineEventType::from(event_type.as_str()),
             state_key: None,
@@ -177,6 +178,7 @@ impl RoomEventsApi {
         state_key: Path<String>,
         body: Json<JsonObject>,
     ) -> ApiResult<Json<EventIdResponse>> {
+        state.limits.message(&user.user_id)?;
         let template =
             state_template(event_type.as_str().into(), &state_key, Value::Object(body.0.into_iter().collect()));
         send_event(&state, &user, &room_id, template, None).await
@@ -199,6 +201,7 @@ impl RoomEventsApi {
         event_type: Path<String>,
         body: Json<JsonObject>,
     ) -> ApiResult<Json<EventIdResponse>> {
+        state.limits.message(&user.user_id)?;
         let template = state_template(event_type.as_str().into(), "", Value::Object(body.0.into_iter().collect()));
         send_event(&state, &user, &room_id, template, None).await
     }
@@ -458,6 +461,7 @@ impl RoomEventsApi {
         txn_id: Path<String>,
         body: Json<RedactBody>,
     ) -> ApiResult<Json<EventIdResponse>> {
+        state.limits.message(&user.user_id)?;
         let mut content = serde_json::json!({"redacts": event_id.0});
         if let Some(reason) = &body.reason {
             content["reason"] = reason.as_str().into();

@@ -204,6 +204,7 @@ impl RoomsApi {
         server_name: Query<Vec<String>>,
         body: Json<ReasonBody>,
     ) -> ApiResult<Json<RoomIdResponse>> {
+        state.limits.join(&user.user_id)?;
         let (room_id, mut servers) = resolve_room_and_servers(&state, &room).await?;
         servers.extend(via.0.into_iter().chain(server_name.0));
         join_room(&state, &user, &room_id, &servers, body.0.reason).await
@@ -223,6 +224,7 @@ impl RoomsApi {
         room_id: Path<String>,
         body: Json<ReasonBody>,
     ) -> ApiResult<Json<RoomIdResponse>> {
+        state.limits.join(&user.user_id)?;
         let room_id = parse_room(&room_id)?;
         join_room(&state, &user, &room_id, &[], body.0.reason).await
     }
