@@ -175,6 +175,20 @@ struct Head {
     servers: Option<Vec<String>>,
 }
 
+impl Head {
+    /// The room as stored, read under the lock.
+    fn stored(room: storage::Room, extremities: Vec<(String, i64)>) -> Self {
+        Self {
+            version: room.version,
+            group: room.current_group,
+            redactions: room.redactions,
+            extremities,
+            moved: false,
+            servers: None,
+        }
+    }
+}
+
 type Heads = HashMap<OwnedRoomId, Head>;
 
 struct Task {
@@ -337,14 +351,7 @@ impl Task {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
                 let (room, extremities) = write.room_head(room_id.as_str()).await?.ok_or(RoomError::NotFound)?;
-                let head = Head {
-                    version: room.version,
-                    group: room.current_group,
-                    redactions: room.redactions,
-                    extremities,
-                    moved: false,
-                    servers: None,
-                };
+                let head = Head::stored(room, extremities);
                 entry.insert(head)
             }
         };

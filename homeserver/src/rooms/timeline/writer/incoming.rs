@@ -122,14 +122,7 @@ async fn head<'h>(
 ) -> storage::Result<Option<&'h mut Head>> {
     if !heads.contains_key(room_id) {
         let Some((room, extremities)) = write.room_head(room_id.as_str()).await? else { return Ok(None) };
-        let head = Head {
-            version: room.version,
-            group: room.current_group,
-            redactions: room.redactions,
-            extremities,
-            moved: false,
-            servers: None,
-        };
+        let head = Head::stored(room, extremities);
         heads.insert(room_id.clone(), head);
     }
     Ok(heads.get_mut(room_id))
