@@ -215,9 +215,8 @@ pub fn encode(segment: &str) -> String {
 pub struct Processes {
     /// The server name.
     pub server_name: String,
-    /// Each process's client API base URL.
-    pub client_urls: Vec<String>,
-    children: Vec<Option<std::process::Child>>,
+    /// The processes.
+    pub processes: Vec<myelin_homeserver::test_support::ServerProcess>,
     /// The database the processes share.
     pub database: myelin_homeserver::test_support::TestDatabase,
     _data: tempfile::TempDir,
@@ -232,59 +231,45 @@ impl Processes {
         let federation_ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
         let server_name = format!("localhost:{}", federation_ports[0]);
         let (cert, key) = ca.leaf(&format!("processes-{}", federation_ports[0]));
-        let mut children = Vec::new();
-        let mut client_urls = Vec::new();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let environment: Vec<(String, String)> = [
+            ("MYELIN_SERVER_NAME", server_name.clone()),
+            ("MYELIN_DATA_DIR", path(data.path())),
+            ("MYELIN_DATABASE__URL", database.url.clone()),
+            ("MYELIN_DATABASE__MAX_CONNECTIONS", "6".to_owned()),
+            ("MYELIN_RATE_LIMITS__ENABLED", "false".to_owned()),
+            ("MYELIN_FEDERATION__ENABLED", "true".to_owned()),
+            ("MYELIN_FEDERATION__TLS_CERT", path(&cert)),
+            ("MYELIN_FEDERATION__TLS_KEY", path(&key)),
+            ("MYELIN_FEDERATION__TRUSTED_CA", path(&ca.cert_path)),
+            ("MYELIN_FEDERATION__ALLOW_PRIVATE_ADDRESSES", "true".to_owned()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect();
+        let binary = server_binary();
+        let mut processes = Vec::new();
         for (index, federation_port) in federation_ports.into_iter().enumerate() {
             let client_port = free_port();
-            let log = std::fs::File::create(data.path().join(format!("process-{index}.log"))).expect("log file");
-            let child = std::process::Command::new(server_binary())
-                .env_clear()
-                .env("MYELIN_SERVER_NAME", &server_name)
-                .env("MYELIN_DATA_DIR", data.path())
-                .env("MYELIN_DATABASE__URL", &database.url)
-                .env("MYELIN_DATABASE__MAX_CONNECTIONS", "6")
-                .env("MYELIN_LISTEN__CLIENT", format!("127.0.0.1:{client_port}"))
-                .env("MYELIN_LISTEN__FEDERATION", format!("127.0.0.1:{federation_port}"))
-                .env("MYELIN_PUBLIC_BASEURL", format!("http://127.0.0.1:{client_port}"))
-                .env("MYELIN_RATE_LIMITS__ENABLED", "false")
-                .env("MYELIN_FEDERATION__ENABLED", "true")
-                .env("MYELIN_FEDERATION__TLS_CERT", &cert)
-                .env("MYELIN_FEDERATION__TLS_KEY", &key)
-                .env("MYELIN_FEDERATION__TRUSTED_CA", &ca.cert_path)
-                .env("MYELIN_FEDERATION__ALLOW_PRIVATE_ADDRESSES", "true")
-                .stdout(log.try_clone().expect("log file"))
-                .stderr(log)
-                .spawn()
-                .expect("start myelin-server");
-            children.push(Some(child));
-            client_urls.push(format!("http://127.0.0.1:{client_port}"));
+            let mut environment = environment.clone();
+            environment.push(("MYELIN_LISTEN__FEDERATION".to_owned(), format!("127.0.0.1:{federation_port}")));
+            environment.push(("MYELIN_PUBLIC_BASEURL".to_owned(), format!("http://127.0.0.1:{client_port}")));
+            let log = data.path().join(format!("process-{index}.log"));
+            let process =
+                myelin_homeserver::test_support::ServerProcess::start(&binary, environment, client_port, log).await;
+            processes.push(process);
         }
-        let http = reqwest::Client::new();
-        for url in &client_urls {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while http.get(format!("{url}/_matrix/client/versions")).send().await.is_err() {
-                assert!(std::time::Instant::now() < deadline, "{url} did not come up");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-        Self { server_name, client_urls, children, database, _data: data }
+        Self { server_name, processes, database, _data: data }
+    }
+
+    /// Each process's client API base URL.
+    pub fn client_url(&self, index: usize) -> &str {
+        &self.processes[index].client_url
     }
 
     /// Kills the process with this PID with SIGKILL (no shutdown: its leases stay taken).
     pub fn kill(&mut self, pid: u32) {
-        let child = self.children.iter_mut().find(|c| c.as_ref().is_some_and(|c| c.id() == pid)).expect("one of ours");
-        let mut child = child.take().expect("running");
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for mut child in self.children.iter_mut().filter_map(Option::take) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.processes.iter_mut().find(|p| p.pid() == Some(pid)).expect("one of ours").kill();
     }
 }
 

@@ -433,10 +433,10 @@ async fn a_second_process_takes_over_sending_when_the_first_dies() {
     let ca = TestCa::new();
     let mut a = Processes::start(&ca, 2).await;
     let b = federated_server(&ca, TestBackend::Sqlite).await;
-    let alice = User::register_at(&a.client_urls[0], "alice").await;
+    let alice = User::register_at(a.client_url(0), "alice").await;
     let bob = User::register(&b, "bob").await;
     let room_id = shared_room(&alice, &bob, "public_chat").await;
-    send(&alice.at(&a.client_urls[1]), &room_id, "before").await;
+    send(&alice.at(a.client_url(1)), &room_id, "before").await;
     assert_eq!(wait_for_messages(&bob, &room_id, 1).await, ["before"]);
 
     // B stops answering: its port accepts connections and says nothing, so A's request hangs.
@@ -447,7 +447,7 @@ async fn a_second_process_takes_over_sending_when_the_first_dies() {
     black_hole.set_reuseaddr(true).unwrap();
     black_hole.bind(b_address).unwrap();
     let black_hole = black_hole.listen(64).unwrap();
-    send(&alice.at(&a.client_urls[1]), &room_id, "during").await;
+    send(&alice.at(a.client_url(1)), &room_id, "during").await;
 
     // Whichever process took the destination dies holding it.
     let mut db = sqlx::PgConnection::connect(&a.database.url).await.unwrap();

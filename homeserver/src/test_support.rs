@@ -254,3 +254,79 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// A `myelin-server` process (the real binary, configured from the environment only), for tests
+/// that kill it with SIGKILL or run several on one database. It is killed when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    binary: std::path::PathBuf,
+    environment: Vec<(String, String)>,
+    log: std::path::PathBuf,
+    child: Option<std::process::Child>,
+    /// `http://127.0.0.1:<client port>`.
+    pub client_url: String,
+}
+
+impl ServerProcess {
+    /// Starts `binary` with exactly `environment` (plus `MYELIN_LISTEN__CLIENT` on `client_port`),
+    /// appending its output to `log`, and waits until its client API answers.
+    pub async fn start(
+        binary: &std::path::Path,
+        environment: Vec<(String, String)>,
+        client_port: u16,
+        log: std::path::PathBuf,
+    ) -> Self {
+        let mut environment = environment;
+        environment.push(("MYELIN_LISTEN__CLIENT".to_owned(), format!("127.0.0.1:{client_port}")));
+        let mut process = Self {
+            binary: binary.to_owned(),
+            environment,
+            log,
+            child: None,
+            client_url: format!("http://127.0.0.1:{client_port}"),
+        };
+        process.restart().await;
+        process
+    }
+
+    /// The operating system's ID of the running process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// SIGKILL: no shutdown, no lease release, connections cut.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+    }
+
+    /// Starts it (again, after [`ServerProcess::kill`]) with the same environment and port,
+    /// and waits until its client API answers.
+    pub async fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = std::process::Command::new(&self.binary)
+            .env_clear()
+            .envs(self.environment.iter().map(|(key, value)| (key, value)))
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start myelin-server");
+        self.child = Some(child);
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while http.get(format!("{}/_matrix/client/versions", self.client_url)).send().await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "{} did not come up", self.client_url);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -10,7 +10,7 @@ pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-pub(crate) fn server(data_dir: &std::path::Path, port: u16) -> Command {
+fn server(data_dir: &std::path::Path, port: u16) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_myelin-server"));
     cmd.env_clear()
         .env("MYELIN_SERVER_NAME", format!("localhost:{port}"))
@@ -22,7 +22,7 @@ pub(crate) fn server(data_dir: &std::path::Path, port: u16) -> Command {
     cmd
 }
 
-pub(crate) async fn wait_until_up(http: &reqwest::Client, base: &str) {
+async fn wait_until_up(http: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if http.get(format!("{base}/_matrix/client/versions")).send().await.is_ok() {

@@ -49,15 +49,6 @@ fn to_device_path(bob: &Account, n: u64) -> (String, Value) {
     (path, json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"n": n}}}}))
 }
 
-/// A PUT whose failure (the server died) is an answer too: `None`.
-async fn put(client: &Client, path: &str, token: &str, body: &Value) -> Option<Value> {
-    let response = client.http.put(client.url(path)).bearer_auth(token).json(body).send().await.ok()?;
-    let status = response.status();
-    let body: Value = response.json().await.ok()?;
-    assert!(status == StatusCode::OK || status.is_server_error(), "{status}: {body}");
-    (status == StatusCode::OK).then_some(body)
-}
-
 async fn acknowledged_writes_survive_sigkill_at_random_moments(backend: TestBackend) {
     let mut server = Cluster::start(backend, 1).await;
     let alice = server[0].register("alice", "pw").await;
@@ -78,7 +69,7 @@ async fn acknowledged_writes_survive_sigkill_at_random_moments(backend: TestBack
                 let client = Client::new(&base);
                 for n in next.. {
                     let (path, body) = message_path(&room, sender, n);
-                    match put(&client, &path, &alice.access_token, &body).await {
+                    match client.try_put(&path, &alice.access_token, &body).await {
                         Some(answer) => ledger.lock().unwrap().messages.push((
                             sender,
                             n,
@@ -121,7 +112,7 @@ async fn acknowledged_writes_survive_sigkill_at_random_moments(backend: TestBack
                 let client = Client::new(&base);
                 for n in next_to_device.. {
                     let (path, body) = to_device_path(&bob, n);
-                    match put(&client, &path, &alice.access_token, &body).await {
+                    match client.try_put(&path, &alice.access_token, &body).await {
                         Some(_) => ledger.lock().unwrap().to_device.push(n),
                         None => {
                             ledger.lock().unwrap().to_device_unknown.push(n);
@@ -150,13 +141,13 @@ async fn acknowledged_writes_survive_sigkill_at_random_moments(backend: TestBack
         cut_off += retries.len() + retried_to_device;
         for (sender, n) in retries {
             let (path, body) = message_path(&room, sender, n);
-            let answer = put(&server[0], &path, &alice.access_token, &body).await.expect("retry after restart");
+            let answer = server[0].try_put(&path, &alice.access_token, &body).await.expect("retry after restart");
             ledger.lock().unwrap().messages.push((sender, n, answer["event_id"].as_str().unwrap().to_owned()));
         }
         let retries: Vec<u64> = std::mem::take(&mut ledger.lock().unwrap().to_device_unknown);
         for n in retries {
             let (path, body) = to_device_path(&bob, n);
-            put(&server[0], &path, &alice.access_token, &body).await.expect("retry after restart");
+            server[0].try_put(&path, &alice.access_token, &body).await.expect("retry after restart");
             ledger.lock().unwrap().to_device.push(n);
         }
         let ledger = ledger.lock().unwrap();

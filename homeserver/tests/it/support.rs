@@ -172,6 +172,16 @@ impl Client {
         }
     }
 
+    /// A PUT to a server that may die under it: the answer on 200, `None` when the connection
+    /// failed or the server answered 5xx (the outcome is unknown); panics on a refusal.
+    pub async fn try_put(&self, path: &str, token: &str, body: &Value) -> Option<Value> {
+        let response = self.http.put(self.url(path)).bearer_auth(token).json(body).send().await.ok()?;
+        let status = response.status();
+        let body: Value = response.json().await.ok()?;
+        assert!(status == StatusCode::OK || status.is_server_error(), "{status}: {body}");
+        (status == StatusCode::OK).then_some(body)
+    }
+
     /// `POST /createRoom`; panics unless it succeeds.
     pub async fn create_room(&self, account: &Account, body: Value) -> String {
         let (status, created) = self.post("/_matrix/client/v3/createRoom", Some(&account.access_token), body).await;
