@@ -203,15 +203,8 @@ async fn sends_joins_and_uploads_are_limited_per_user_not_for_admins(backend: Te
     assert_error(&second, StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED");
     assert_eq!(h.send_text(&bob, &room, "bob has his own bucket").await.0, StatusCode::OK);
 
-    let upload = |account: &Account| {
-        let request = h
-            .http
-            .post(h.url("/_matrix/media/v3/upload"))
-            .bearer_auth(&account.access_token)
-            .header("Content-Type", "text/plain")
-            .body("bytes");
-        async move { request.send().await.unwrap().status() }
-    };
+    let upload =
+        async |account: &Account| h.upload(&account.access_token, "text/plain", None, b"bytes".to_vec()).await.0;
     assert_eq!(upload(&alice).await, StatusCode::OK);
     assert_eq!(upload(&alice).await, StatusCode::OK);
     assert_eq!(upload(&alice).await, StatusCode::TOO_MANY_REQUESTS);

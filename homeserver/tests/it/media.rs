@@ -17,7 +17,13 @@ backend_tests!(
 
 impl Harness {
     /// Uploads bytes with a content type (and a file name); returns status and JSON.
-    async fn upload(&self, token: &str, content_type: &str, name: Option<&str>, bytes: Vec<u8>) -> (StatusCode, Value) {
+    pub(crate) async fn upload(
+        &self,
+        token: &str,
+        content_type: &str,
+        name: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> (StatusCode, Value) {
         let mut url = self.url("/_matrix/media/v3/upload");
         if let Some(name) = name {
             url = format!("{url}?filename={name}");
