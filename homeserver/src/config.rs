@@ -167,12 +167,22 @@ pub struct Rate {
     pub burst: u32,
 }
 
-/// Size limits on requests.
+/// Size and time limits on requests and connections.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest accepted JSON request body in bytes.
     pub max_request_body: usize,
+    /// Open connections of both listeners together; more wait in the kernel's backlog.
+    /// Lowered at start-up to what the file descriptor limit allows.
+    pub max_connections: usize,
+    /// From accepting a connection, or from the first byte of a later request on it, to the end
+    /// of the request's head, in milliseconds.
+    pub head_timeout_ms: u64,
+    /// The longest silence while a request body arrives, in milliseconds.
+    pub body_timeout_ms: u64,
+    /// How long a kept-alive connection may wait for its next request, in milliseconds.
+    pub idle_timeout_ms: u64,
 }
 
 /// Federation delegation advertised to other servers.
@@ -240,7 +250,15 @@ impl Default for Limits {
     fn default() -> Self {
         // Matrix events are at most 65,536 bytes; 1 MiB leaves room for any JSON request
         // the client API takes while keeping a hostile body from exhausting memory.
-        Self { max_request_body: 1024 * 1024 }
+        Self {
+            max_request_body: 1024 * 1024,
+            // Like nginx's defaults (its keep-alive is 75 s; ours outlasts the 90 s idle pools of
+            // common HTTP clients, so they rarely reuse a connection we are closing).
+            max_connections: 4096,
+            head_timeout_ms: 30_000,
+            body_timeout_ms: 60_000,
+            idle_timeout_ms: 120_000,
+        }
     }
 }
 
@@ -331,6 +349,19 @@ impl Config {
         }
         if self.limits.max_request_body < 65_536 {
             return invalid("limits.max_request_body", "must be at least 65536 bytes".to_owned());
+        }
+        let limits = &self.limits;
+        if limits.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1".to_owned());
+        }
+        for (key, ms) in [
+            ("limits.head_timeout_ms", limits.head_timeout_ms),
+            ("limits.body_timeout_ms", limits.body_timeout_ms),
+            ("limits.idle_timeout_ms", limits.idle_timeout_ms),
+        ] {
+            if ms == 0 {
+                return invalid(key, "must be at least 1".to_owned());
+            }
         }
         if self.media.max_upload_size == 0 {
             return invalid("media.max_upload_size", "must be at least 1".to_owned());

@@ -19,6 +19,7 @@
 pub mod accounts;
 pub mod api;
 pub mod config;
+pub mod connections;
 pub mod crypto;
 pub mod e2ee;
 pub mod federation;
@@ -129,6 +130,7 @@ pub async fn serve(
             return Err(err.into());
         }
     };
+    let connections = connection_limit(&state.config.limits);
     // One shutdown signal for both listeners.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stopping = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
@@ -138,7 +140,7 @@ pub async fn serve(
         (Some(listener), Some(tls)) => {
             tracing::info!("federation listening on https://{}", listener.local_addr()?);
             let tcp = ConfigFirst { inner: TcpAcceptor::from_tokio(listener)?, started: false };
-            let acceptor = tcp.rustls(futures_util::stream::iter([tls]));
+            let acceptor = connections.bound(tcp.rustls(futures_util::stream::iter([tls])));
             let server = poem::Server::new_with_acceptor(acceptor);
             let app = api::federation::app(state.clone());
             let stopped = stopping(stopped.clone());
@@ -153,7 +155,7 @@ pub async fn serve(
         .is_some()
         .then(|| tokio::spawn(federation::sender::run(state.clone(), stopped.clone())));
     let wakeups = changes.map(|changes| tokio::spawn(wakeups::run(state.clone(), changes, stopped.clone())));
-    let server = poem::Server::new_with_acceptor(TcpAcceptor::from_tokio(listeners.client)?);
+    let server = poem::Server::new_with_acceptor(connections.bound(TcpAcceptor::from_tokio(listeners.client)?));
     let client = server.run_with_graceful_shutdown(api::app(state), stopping(stopped), Some(SHUTDOWN_GRACE));
     let signal = async {
         shutdown.await;
@@ -174,6 +176,26 @@ pub async fn serve(
     tracing::info!("myelin stopped");
     result?;
     Ok(federation_result?)
+}
+
+/// The connection cap and deadlines both listeners share.
+fn connection_limit(limits: &config::Limits) -> connections::ConnectionLimit {
+    // Descriptors kept for the database pool, media files and outgoing federation requests.
+    const RESERVE: u64 = 256;
+    let mut max = limits.max_connections;
+    if let Some(budget) = connections::descriptor_budget(RESERVE)
+        && (budget as usize) < max
+    {
+        tracing::warn!(
+            "limits.max_connections lowered from {max} to {budget}: the file descriptor limit allows no more"
+        );
+        max = (budget as usize).max(1);
+    }
+    let deadlines = connections::Deadlines {
+        head: Duration::from_millis(limits.head_timeout_ms),
+        idle: Duration::from_millis(limits.idle_timeout_ms),
+    };
+    connections::ConnectionLimit::new(max, deadlines)
 }
 
 /// Holds back the very first `accept` for one scheduler turn. poem's TLS acceptor races its

@@ -44,9 +44,9 @@ pub enum RoomError {
     /// The alias is taken.
     #[error("alias in use")]
     AliasInUse,
-    /// The event would exceed the spec's 65,536-byte limit.
-    #[error("event too large")]
-    TooLarge,
+    /// The event would exceed the spec's 65,536-byte limit, or a field its 255 bytes.
+    #[error("event too large: {0}")]
+    TooLarge(String),
     /// Events the event refers to (prev or auth events) are not here yet.
     #[error("missing events: {0:?}")]
     MissingEvents(Vec<ruma_common::OwnedEventId>),
@@ -61,7 +61,12 @@ pub enum RoomError {
 impl From<pdu::PduError> for RoomError {
     fn from(err: pdu::PduError) -> Self {
         match err {
-            pdu::PduError::Signing(ruma_signatures::JsonError::PduTooLarge) => Self::TooLarge,
+            pdu::PduError::Signing(ruma_signatures::JsonError::PduTooLarge) => {
+                Self::TooLarge("Events may be at most 65536 bytes".to_owned())
+            }
+            pdu::PduError::FieldTooLong(field) => {
+                Self::TooLarge(format!("The event's {field} may be at most {} bytes", pdu::MAX_FIELD_BYTES))
+            }
             pdu::PduError::Invalid(reason) => Self::InvalidEvent(reason),
             other => Self::Corrupt(other.to_string()),
         }

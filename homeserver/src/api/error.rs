@@ -347,9 +347,7 @@ impl From<RoomError> for MatrixError {
             ),
             RoomError::InvalidEvent(reason) => Self::bad_json(capitalize(&reason)),
             RoomError::AliasInUse => Self::new(ErrCode::RoomInUse, StatusCode::BAD_REQUEST, "Room alias already taken"),
-            RoomError::TooLarge => {
-                Self::new(ErrCode::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, "Events may be at most 65536 bytes")
-            }
+            RoomError::TooLarge(reason) => Self::new(ErrCode::TooLarge, StatusCode::PAYLOAD_TOO_LARGE, reason),
             RoomError::MissingEvents(ids) => Self::new(
                 ErrCode::Unknown,
                 StatusCode::BAD_REQUEST,

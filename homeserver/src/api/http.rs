@@ -5,12 +5,15 @@
 //! headers on every response (errors included) and for `OPTIONS` on every path, whatever the
 //! origin; poem's middleware reflects and checks origins instead.
 
+use std::time::Duration;
+
 use poem::http::{HeaderValue, Method, StatusCode, header};
 use poem::{Body, Endpoint, IntoResponse, Request, Response};
 use poem_openapi::error::{ContentTypeError, ParseParamError, ParsePathError, ParseRequestPayloadError};
 
 use super::error::{ErrCode, MatrixError};
 use super::uia::UiaError;
+use crate::connections::BodyDeadline;
 use crate::state::AppState;
 
 /// Wraps every request: answers `OPTIONS`, bounds and checks JSON bodies, turns errors into
@@ -62,20 +65,24 @@ fn strip_empty_state_key(req: &mut Request) {
 /// The body limit of the federation listener's requests (at least).
 pub const FEDERATION_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
-/// Reads a JSON request body up to the configured limit and checks that it is JSON.
+/// Bounds the time between a body's chunks (every body, uploads too); reads a JSON request body
+/// up to the configured limit and checks that it is JSON.
 ///
 /// The body is then handed on as `application/json` whatever the client's `Content-Type`
 /// said: like other homeservers we judge the body, not the header, because widespread clients
 /// (and `curl -d`) send JSON with other content types.
 async fn prepare_body(req: &mut Request) -> Result<(), MatrixError> {
+    if !matches!(*req.method(), Method::POST | Method::PUT | Method::DELETE | Method::PATCH) {
+        return Ok(());
+    }
+    let timeout = req.data::<AppState>().map_or(60_000, |s| s.config.limits.body_timeout_ms);
+    let body = Box::pin(req.take_body().into_bytes_stream());
+    req.set_body(Body::from_bytes_stream(BodyDeadline::new(body, Duration::from_millis(timeout))));
     if is_media_upload(req) {
         if !req.headers().contains_key(header::CONTENT_TYPE) {
             // The type is optional for uploads; without one, the content is plain bytes.
             req.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         }
-        return Ok(());
-    }
-    if !matches!(*req.method(), Method::POST | Method::PUT | Method::DELETE | Method::PATCH) {
         return Ok(());
     }
     let mut limit = req.data::<AppState>().map_or(1024 * 1024, |s| s.config.limits.max_request_body);
@@ -91,6 +98,9 @@ async fn prepare_body(req: &mut Request) -> Result<(), MatrixError> {
     }
     let bytes = req.take_body().into_bytes_limit(limit).await.map_err(|err| match err {
         poem::error::ReadBodyError::PayloadTooLarge => too_large(),
+        poem::error::ReadBodyError::Io(err) if err.kind() == std::io::ErrorKind::TimedOut => {
+            MatrixError::new(ErrCode::Unknown, StatusCode::REQUEST_TIMEOUT, format!("Request body: {err}"))
+        }
         other => MatrixError::new(
             ErrCode::Unknown,
             StatusCode::BAD_REQUEST,

@@ -27,7 +27,14 @@ pub enum PduError {
     /// Signing or hashing failed (e.g. the event is larger than 65,536 bytes).
     #[error("cannot sign or hash the event: {0}")]
     Signing(#[from] ruma_signatures::JsonError),
+    /// A field is longer than the spec's 255 bytes.
+    #[error("`{0}` is longer than 255 bytes")]
+    FieldTooLong(&'static str),
 }
+
+/// The spec's cap on `type`, `state_key`, `sender` and IDs in a PDU, in bytes: other servers
+/// refuse a PDU over it, so a local event over it would split the room.
+pub const MAX_FIELD_BYTES: usize = 255;
 
 /// A persisted or newly built event.
 #[derive(Clone, Debug)]
@@ -93,6 +100,12 @@ impl PduTemplate {
         key: &SigningKey,
     ) -> Result<Pdu, PduError> {
         let invalid = |e: &dyn std::fmt::Display| PduError::Invalid(e.to_string());
+        if self.kind.to_string().len() > MAX_FIELD_BYTES {
+            return Err(PduError::FieldTooLong("type"));
+        }
+        if self.state_key.as_ref().is_some_and(|k| k.len() > MAX_FIELD_BYTES) {
+            return Err(PduError::FieldTooLong("state_key"));
+        }
         let is_v12_create =
             self.kind == TimelineEventType::RoomCreate && placement.rules.room_id_format == RoomIdFormatVersion::V2;
         let mut object = CanonicalJsonObject::new();

@@ -5,6 +5,7 @@ mod support;
 
 mod auth_rules;
 mod binary;
+mod connections;
 mod crash;
 mod devices;
 mod directory;

@@ -361,6 +361,14 @@ async fn state_events_and_power_levels(backend: TestBackend) {
     let huge = "x".repeat(70_000);
     let (status, body) = h.send_text(&alice, &room, &huge).await;
     assert_error(&(status, body), StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    // The spec caps a state key and an event type at 255 bytes; other servers refuse more.
+    let state = |key: &str| format!("/_matrix/client/v3/rooms/{room}/state/org.example.thing/{key}");
+    let token = Some(alice.access_token.as_str());
+    assert_eq!(h.put(&state(&"k".repeat(255)), token, json!({})).await.0, StatusCode::OK);
+    let refused = h.put(&state(&"k".repeat(256)), token, json!({})).await;
+    assert_error(&refused, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
+    let long_type = format!("/_matrix/client/v3/rooms/{room}/send/{}/t1", "t".repeat(256));
+    assert_error(&h.put(&long_type, token, json!({})).await, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
 }
 
 async fn event_context(backend: TestBackend) {
