@@ -24,10 +24,11 @@ pub async fn state_view(storage: &Storage, room_id: &str, user_id: &str) -> Resu
     match storage.membership(room_id, user_id).await? {
         Some((membership, _)) if membership == "join" => return Ok(StateView::Current),
         Some((membership, event_id)) if membership == "leave" || membership == "ban" => {
-            // Only someone who was a member keeps a view of the room after leaving; a rejected
-            // invite or a ban before joining gives none.
-            let was_member = has_joined(storage, room_id, user_id).await?;
-            if was_member && let Some(event) = storage.event(&event_id).await? {
+            // Only someone who was a member keeps a view of the room after leaving (a rejected
+            // invite or a ban before joining gives none), and only until they forget the room.
+            let keeps_view =
+                has_joined(storage, room_id, user_id).await? && !has_forgotten(storage, room_id, user_id).await?;
+            if keeps_view && let Some(event) = storage.event(&event_id).await? {
                 return Ok(StateView::AtGroup(event.state_group));
             }
         }
@@ -51,6 +52,12 @@ async fn has_joined(storage: &Storage, room_id: &str, user_id: &str) -> Result<b
     Ok(false)
 }
 
+/// Whether the user has forgotten the room: "After this API is called, however, a user will no
+/// longer be able to retrieve history for this room" (`POST /forget`).
+async fn has_forgotten(storage: &Storage, room_id: &str, user_id: &str) -> Result<bool, RoomError> {
+    Ok(storage.forgotten_rooms(user_id).await?.iter().any(|forgotten| forgotten == room_id))
+}
+
 async fn current_visibility(storage: &Storage, room_id: &str) -> Result<String, RoomError> {
     let event = storage.current_state_event(room_id, "m.room.history_visibility", "").await?;
     Ok(match event {
@@ -70,17 +77,25 @@ pub struct Filter<'a> {
     /// The user is joined now and the room's history has only ever been `shared` or
     /// `world_readable`: then the rules allow every event, and no per-event lookup is needed.
     sees_everything: bool,
+    /// The user left or was banned, then forgot the room: they see only what anyone may.
+    forgotten: bool,
     by_group: HashMap<i64, (String, String)>,
 }
 
 impl<'a> Filter<'a> {
     /// A filter for `user_id` in `room_id`.
     pub async fn new(storage: &'a Storage, room_id: &str, user_id: &'a str) -> Result<Self, RoomError> {
-        let currently_joined = storage.membership(room_id, user_id).await?.is_some_and(|(m, _)| m == "join");
-        Self::knowing_membership(storage, room_id, user_id, currently_joined).await
+        let membership = storage.membership(room_id, user_id).await?.map(|(m, _)| m);
+        let currently_joined = membership.as_deref() == Some("join");
+        let mut filter = Self::knowing_membership(storage, room_id, user_id, currently_joined).await?;
+        // A later invite or join starts a new view; forgetting ends the one kept after leaving.
+        let departed = matches!(membership.as_deref(), Some("leave" | "ban"));
+        filter.forgotten = departed && has_forgotten(storage, room_id, user_id).await?;
+        Ok(filter)
     }
 
-    /// A filter for a caller that already knows whether the user is joined now.
+    /// A filter for a caller that already knows whether the user is joined now, and leaves out
+    /// rooms the user forgot (as sync does).
     pub async fn knowing_membership(
         storage: &'a Storage,
         room_id: &str,
@@ -101,7 +116,7 @@ impl<'a> Filter<'a> {
             }
         }
         let sees_everything = currently_joined && always_shared;
-        Ok(Self { storage, user_id, joins, sees_everything, by_group: HashMap::new() })
+        Ok(Self { storage, user_id, joins, sees_everything, forgotten: false, by_group: HashMap::new() })
     }
 
     /// Whether the user may see `event`, by the spec's rules applied to the state at the event:
@@ -113,7 +128,8 @@ impl<'a> Filter<'a> {
         kind: &str,
         state_key: Option<&str>,
     ) -> Result<bool, RoomError> {
-        if self.sees_everything || (state_key == Some(self.user_id) && kind == "m.room.member") {
+        let own_membership = state_key == Some(self.user_id) && kind == "m.room.member";
+        if self.sees_everything || (own_membership && !self.forgotten) {
             return Ok(true);
         }
         let (visibility, membership) = match self.by_group.get(&event.state_group) {
@@ -132,9 +148,10 @@ impl<'a> Filter<'a> {
             }
         };
         Ok(visibility == "world_readable"
-            || membership == "join"
-            || (visibility == "shared" && self.joins.iter().any(|&joined| joined > event.stream_ordering))
-            || (visibility == "invited" && membership == "invite"))
+            || (!self.forgotten
+                && (membership == "join"
+                    || (visibility == "shared" && self.joins.iter().any(|&joined| joined > event.stream_ordering))
+                    || (visibility == "invited" && membership == "invite"))))
     }
 }
 

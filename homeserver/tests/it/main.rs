@@ -4,6 +4,7 @@
 mod support;
 
 mod auth_rules;
+mod authorization;
 mod binary;
 mod connections;
 mod crash;

@@ -204,7 +204,13 @@ impl DirectoryApi {
         room_id: Path<String>,
     ) -> ApiResult<Json<RoomAliases>> {
         let room_id = parse_room(&room_id)?;
-        visibility::state_view(&state.storage, room_id.as_str(), &user.user_id).await?;
+        // "Users who are in the room", or anyone for a world-readable room: not those who left,
+        // although they keep a view of the history.
+        if visibility::state_view(&state.storage, room_id.as_str(), &user.user_id).await?
+            != visibility::StateView::Current
+        {
+            return Err(RoomError::Forbidden("you are not in this room".into()).into());
+        }
         Ok(Json(RoomAliases { aliases: state.storage.room_aliases(room_id.as_str()).await? }))
     }
 
