@@ -72,11 +72,7 @@ async fn keys_for(
 /// (keys as of its `origin_server_ts`) and its content hash. An event whose content does not
 /// match its hash is used redacted, as the spec says.
 pub async fn verify_pdu(state: &AppState, value: &Value, rules: &RoomVersionRules) -> Result<Pdu, FederationError> {
-    let mut object: CanonicalJsonObject =
-        serde_json::from_value(value.clone()).map_err(|e| invalid(format!("not a PDU: {e}")))?;
-    // Room versions 3+ derive the event ID; a server may still send one.
-    object.remove("event_id");
-    ruma_state_res::check_pdu_format(&object, &rules.event_format).map_err(invalid)?;
+    let object = parse_pdu(value, rules)?;
     let ts = match object.get("origin_server_ts") {
         Some(CanonicalJsonValue::Integer(ts)) => i64::from(*ts),
         _ => return Err(invalid("no origin_server_ts")),
@@ -98,7 +94,29 @@ pub async fn verify_pdu(state: &AppState, value: &Value, rules: &RoomVersionRule
         let keys = keys_for(state, &object, &server, ts).await;
         public_keys.insert(server, keys);
     }
-    let verified = ruma_signatures::verify_event(&public_keys, &object, rules)
+    check_pdu(object, &public_keys, rules)
+}
+
+/// The first half of [`verify_pdu`], without I/O: a received PDU as canonical JSON (no floats,
+/// integers in range), its `event_id` dropped (room versions 3+ derive it), checked against
+/// the room version's event format (size, field types, list lengths).
+pub fn parse_pdu(value: &Value, rules: &RoomVersionRules) -> Result<CanonicalJsonObject, FederationError> {
+    let mut object: CanonicalJsonObject =
+        serde_json::from_value(value.clone()).map_err(|e| invalid(format!("not a PDU: {e}")))?;
+    object.remove("event_id");
+    ruma_state_res::check_pdu_format(&object, &rules.event_format).map_err(invalid)?;
+    Ok(object)
+}
+
+/// The second half of [`verify_pdu`], without I/O: the signatures of the servers the room
+/// version requires, checked with `public_keys` (what we know of those servers' keys), then
+/// the content hash. An event whose content does not match its hash comes back redacted.
+pub fn check_pdu(
+    object: CanonicalJsonObject,
+    public_keys: &ruma_signatures::PublicKeyMap,
+    rules: &RoomVersionRules,
+) -> Result<Pdu, FederationError> {
+    let verified = ruma_signatures::verify_event(public_keys, &object, rules)
         .map_err(|e| invalid(format!("bad event signature: {e}")))?;
     let pdu = Pdu::from_received(object, rules).map_err(|e| invalid(e.to_string()))?;
     match verified {
@@ -239,10 +257,14 @@ async fn receive_one(state: &AppState, origin: &str, value: &Value) -> (Option<O
         Err(err) => return (None, Err(Failure::Ours(err.into()))),
     };
     let Ok((_, rules)) = rules_of(&room.version) else { return (None, Err(refused("unsupported room version"))) };
-    // The ID, for the answer, even for an event that fails its checks.
+    // The ID, for the answer, even for an event that fails its checks. As in `parse_pdu`,
+    // without any `event_id` field: the ID is the reference hash, which would cover the field.
     let event_id = serde_json::from_value::<CanonicalJsonObject>(value.clone())
         .ok()
-        .and_then(|o| Pdu::from_received(o, &rules).ok())
+        .and_then(|mut object| {
+            object.remove("event_id");
+            Pdu::from_received(object, &rules).ok()
+        })
         .map(|p| p.event_id);
     let outcome = async {
         if !state.storage.is_resident(room_id, &state.config.server_name).await.map_err(FederationError::from)? {
