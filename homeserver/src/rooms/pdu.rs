@@ -77,6 +77,7 @@ pub struct PduTemplate {
 }
 
 /// Where a new event goes in its room's DAG.
+#[derive(Clone)]
 pub struct Placement<'a> {
     /// The room (ignored for a v12 create event, whose ID derives from the event).
     pub room_id: Option<&'a RoomId>,

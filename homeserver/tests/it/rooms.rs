@@ -6,6 +6,7 @@ use crate::support::*;
 
 backend_tests!(
     create_send_and_read_back,
+    identical_rooms_created_at_once_get_their_own_ids,
     room_versions_and_creation_errors,
     private_rooms_need_invites_and_power,
     outsiders_can_neither_read_nor_send,
@@ -510,4 +511,24 @@ async fn concurrent_appends_commit_together(backend: TestBackend) {
     assert_eq!(h.send_text(&bob, room, "after").await.0, StatusCode::OK);
     assert_eq!(h.membership(&carol, room, "join", None).await.0, StatusCode::OK);
     assert_eq!(h.send_text(&carol, room, "now a member").await.0, StatusCode::OK);
+}
+
+/// A v12 room ID is its create event's hash: two rooms created alike in one millisecond must
+/// still get two IDs (once a 500 for one of them and for everything committed with it).
+async fn identical_rooms_created_at_once_get_their_own_ids(backend: TestBackend) {
+    let h = Harness::start(backend).await;
+    let alice = h.register("alice", "pw").await;
+    let other = h.create_room(&alice, json!({})).await;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..25 {
+        let create = || h.post("/_matrix/client/v3/createRoom", Some(&alice.access_token), json!({}));
+        let message = h.send_text(&alice, &other, "bystander");
+        let (a, b, c, d, sent) = tokio::join!(create(), create(), create(), create(), message);
+        for (status, body) in [a, b, c, d, sent] {
+            assert_eq!(status, StatusCode::OK, "{body}");
+            if let Some(room) = body["room_id"].as_str() {
+                assert!(ids.insert(room.to_owned()), "room ID {room} given twice");
+            }
+        }
+    }
 }

@@ -341,7 +341,16 @@ impl Task {
                     auth_events: vec![],
                     depth: 1,
                 };
-                let pdu = template.build(&request.sender, placement, now, &self.key)?;
+                let mut pdu = template.clone().build(&request.sender, placement.clone(), now, &self.key)?;
+                // From room version 12 the room ID is the create event's hash: the same user
+                // creating two rooms alike in one millisecond would get one ID twice, and the
+                // second insert would abort the whole batch. The timestamp is ours to move on.
+                let mut ts = u64::from(now.get());
+                while room_id.is_none() && write.room_head(pdu.room_id.as_str()).await?.is_some() {
+                    ts += 1;
+                    let later = MilliSecondsSinceUnixEpoch(js_int::UInt::try_from(ts).unwrap_or(now.get()));
+                    pdu = template.clone().build(&request.sender, placement.clone(), later, &self.key)?;
+                }
                 let new_room = Some((version.clone(), *published));
                 return Ok(Step::Write(Prepared { pdu, group: 0, new_room, redaction: None, leftover: Vec::new() }));
             }
