@@ -129,18 +129,32 @@ impl Remote {
             "origin_server_ts": 1,
             "pdus": pdus.iter().map(|p| serde_json::to_value(&p.json).expect("JSON")).collect::<Vec<_>>(),
         });
-        let content = CanonicalJsonValue::try_from(body.clone()).expect("canonical JSON");
-        let header = XMatrix::sign(&self.key, &self.name, &server.config.server_name, "PUT", &path, Some(&content))
+        let (status, answer) = self.call(server, https, "PUT", &path, Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        answer["pdus"].clone()
+    }
+
+    /// A signed request to `server`'s federation API: status and JSON answer.
+    async fn call(
+        &self,
+        server: &TestServer,
+        https: &reqwest::Client,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let content = body.as_ref().map(|b| CanonicalJsonValue::try_from(b.clone()).expect("canonical JSON"));
+        let header = XMatrix::sign(&self.key, &self.name, &server.config.server_name, method, path, content.as_ref())
             .expect("signed");
-        let response = https
-            .put(format!("{}{path}", federation_url(server)))
-            .header("Authorization", header.to_header())
-            .json(&body)
-            .send()
-            .await
-            .expect("the transaction is answered");
-        assert_eq!(response.status().as_u16(), 200);
-        response.json::<Value>().await.expect("JSON")["pdus"].clone()
+        let mut request = https
+            .request(method.parse().expect("method"), format!("{}{path}", federation_url(server)))
+            .header("Authorization", header.to_header());
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("an answer");
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap_or(Value::Null))
     }
 }
 
@@ -335,6 +349,33 @@ async fn prev_events_pointing_nowhere_or_at_each_other_are_bounded_and_refused()
     let bodies: Vec<&str> =
         timeline["chunk"].as_array().expect("chunk").iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert_eq!(bodies, vec!["still here", "a good one"]);
+}
+
+/// Asking for the events before thousands of claimed events costs the same as before a few:
+/// a walk back starts from the first 100 named events and ignores the rest — here, the one real
+/// event, named last. (Named first, it is walked from.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walks_back_from_thousands_of_events_are_bounded() {
+    let ca = TestCa::new();
+    let (a, _alice, remote, room, https) = setup(&ca).await;
+    let room_id = encode(room.id.as_str());
+    let claimed = |count: usize| (0..count).map(|i| format!("${i:043}")).collect::<Vec<_>>();
+    let real = room.last.to_string();
+    let path = format!("/_matrix/federation/v1/get_missing_events/{room_id}");
+    for (latest, found) in [([claimed(50_000), vec![real.clone()]].concat(), false), (vec![real.clone()], true)] {
+        let body = json!({ "latest_events": latest, "earliest_events": [], "limit": 10 });
+        let (status, answer) = remote.call(&a, &https, "POST", &path, Some(body)).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["events"].as_array().is_some_and(|e| !e.is_empty()), found, "{answer}");
+    }
+    // Backfill names its events in the query: 250 fill what an HTTP/2 request head may carry.
+    for (from, found) in [([claimed(250), vec![real.clone()]].concat(), false), (vec![real.clone()], true)] {
+        let query: String = from.iter().map(|id| format!("&v={}", encode(id))).collect();
+        let path = format!("/_matrix/federation/v1/backfill/{room_id}?limit=10{query}");
+        let (status, answer) = remote.call(&a, &https, "GET", &path, None).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["pdus"].as_array().is_some_and(|e| !e.is_empty()), found, "{answer}");
+    }
 }
 
 /// What a remote user asks to add to the room.

@@ -360,6 +360,11 @@ pub async fn event_auth(
 /// The most events one `get_missing_events` or `backfill` answer carries.
 const MAX_EVENTS: usize = 100;
 
+/// The most events a `get_missing_events` or `backfill` walk starts from; more are ignored. A
+/// server names its forward extremities, a handful; without a bound, one request could make
+/// us look up every ID a 16 MiB body holds.
+const MAX_STARTS: usize = 100;
+
 /// Walks `prev_events` back from `from` (breadth first), not past `stop`, collecting at most
 /// `limit` events of the room with depth at least `min_depth`.
 async fn walk_back(
@@ -411,7 +416,8 @@ pub async fn get_missing_events(
         body[field].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
     };
     let earliest: HashSet<String> = list("earliest_events").into_iter().collect();
-    let latest = list("latest_events");
+    let mut latest = list("latest_events");
+    latest.truncate(MAX_STARTS);
     let limit = body["limit"].as_u64().map_or(10, |l| l as usize).min(MAX_EVENTS);
     let min_depth = body["min_depth"].as_i64().unwrap_or(0);
     // The latest events are what the asking server has: the answer starts at their prev events.
@@ -441,7 +447,7 @@ pub async fn backfill(
     let mut limit = 10;
     for (key, value) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match &*key {
-            "v" => from.push(value.into_owned()),
+            "v" if from.len() < MAX_STARTS => from.push(value.into_owned()),
             "limit" => limit = value.parse::<usize>().map_err(|_| MatrixError::invalid_param("Invalid limit"))?,
             _ => {}
         }
