@@ -60,21 +60,34 @@ impl Remote {
             _dir: dir,
         });
         let serving = remote.clone();
-        let endpoint = poem::endpoint::make(move |req: poem::Request| {
+        let endpoint = poem::endpoint::make(move |mut req: poem::Request| {
             let remote = serving.clone();
-            async move { remote.answer_request(&req) }
+            async move {
+                let body = req.take_body().into_bytes().await.unwrap_or_default();
+                remote.answer_request(&req, &body)
+            }
         });
         tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
         remote
     }
 
-    fn answer_request(&self, req: &poem::Request) -> poem::Response {
+    fn answer_request(&self, req: &poem::Request, body: &[u8]) -> poem::Response {
         let path = req.uri().path_and_query().map_or("", |p| p.as_str()).to_owned();
         self.requests.lock().expect("requests").push(format!("{} {path}", req.method()));
         let body = if path == "/_matrix/key/v2/server" {
             myelin_homeserver::federation::keys::own_key_document(&self.name, &self.key, &BTreeMap::new()).ok()
         } else if path.starts_with("/_matrix/federation/v1/send/") {
             Some(json!({ "pdus": {} }))
+        } else if path.starts_with("/_matrix/federation/v2/invite/") {
+            // Countersigned, with an `event_id` field added, as older servers send it.
+            let invite: Value = serde_json::from_slice(body).expect("an invite");
+            let mut event: ruma_common::CanonicalJsonObject =
+                serde_json::from_value(invite["event"].clone()).expect("an event");
+            let rules = RoomVersionRules::V12;
+            ruma_signatures::hash_and_sign_event(&self.name, self.key.ruma_key_pair(), &mut event, &rules.redaction)
+                .expect("signed");
+            event.insert("event_id".to_owned(), CanonicalJsonValue::String(claimed_id('I').to_string()));
+            Some(json!({ "event": event }))
         } else {
             let path = path.trim_start_matches("/_matrix/federation/v1");
             let answers = self.answers.lock().expect("answers");
@@ -349,6 +362,26 @@ async fn prev_events_pointing_nowhere_or_at_each_other_are_bounded_and_refused()
     let bodies: Vec<&str> =
         timeline["chunk"].as_array().expect("chunk").iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert_eq!(bodies, vec!["still here", "a good one"]);
+}
+
+/// An invite countersigned by the invitee's server comes back with an `event_id` field: the ID
+/// is the hash, the field only a claim, and the invite goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_answer_claiming_an_event_id_is_taken_by_its_hash() {
+    let ca = TestCa::new();
+    let (_a, alice, remote, room, _https) = setup(&ca).await;
+    let bob = remote.user("bob");
+    let (status, answer) = alice
+        .call(
+            reqwest::Method::POST,
+            &format!("/rooms/{}/invite", encode(room.id.as_str())),
+            Some(json!({ "user_id": bob })),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(remote.requests("/v2/invite/"), 1);
+    let member = alice.get(&format!("/rooms/{}/state/m.room.member/{}", encode(room.id.as_str()), encode(&bob))).await;
+    assert_eq!(member["membership"], "invite", "{member}");
 }
 
 /// Asking for the events before thousands of claimed events costs the same as before a few:

@@ -675,8 +675,10 @@ pub async fn invite(
     let path =
         format!("/_matrix/federation/v2/invite/{}/{}", segment(room_id.as_str()), segment(pdu.event_id.as_str()));
     let answer = client.put(&server, &path, &body).await?;
-    let signed: CanonicalJsonObject =
+    let mut signed: CanonicalJsonObject =
         serde_json::from_value(answer["event"].clone()).map_err(|_| invalid("the invite answer has no event"))?;
+    // As in `parse_pdu`: an `event_id` field is only a claim, and not what either server signed.
+    signed.remove("event_id");
     check_signed_by(state, &signed, &server, &rules).await?;
     let signed = Pdu::from_received(signed, &rules).map_err(|e| invalid(e.to_string()))?;
     if signed.event_id != pdu.event_id {
