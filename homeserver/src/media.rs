@@ -26,6 +26,9 @@ pub enum MediaError {
     /// The client's body could not be read (e.g. the connection broke).
     #[error("reading the upload failed: {0}")]
     Read(String),
+    /// The client stopped sending the body (see `limits.body_timeout_ms`).
+    #[error("reading the upload failed: {0}")]
+    TimedOut(String),
     /// No such object.
     #[error("no such media")]
     NotFound,
@@ -98,9 +101,9 @@ impl MediaStore {
     }
 
     /// Streams an upload into a staging object, at most `limit` bytes.
-    pub async fn put<E: std::fmt::Display>(
+    pub async fn put(
         &self,
-        mut body: impl Stream<Item = Result<Bytes, E>> + Unpin,
+        mut body: impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
         limit: u64,
     ) -> Result<Staged, MediaError> {
         let path = Path::from(format!("tmp/{}", uuid::Uuid::new_v4().simple()));
@@ -109,6 +112,7 @@ impl MediaStore {
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
             let failure = match chunk {
+                Err(err) if err.kind() == std::io::ErrorKind::TimedOut => Some(MediaError::TimedOut(err.to_string())),
                 Err(err) => Some(MediaError::Read(err.to_string())),
                 Ok(chunk) => {
                     size += chunk.len() as u64;

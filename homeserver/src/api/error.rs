@@ -422,6 +422,9 @@ impl From<crate::media::MediaError> for MatrixError {
             MediaError::Read(reason) => {
                 Self::new(ErrCode::Unknown, StatusCode::BAD_REQUEST, format!("Could not read the upload: {reason}"))
             }
+            MediaError::TimedOut(reason) => {
+                Self::new(ErrCode::Unknown, StatusCode::REQUEST_TIMEOUT, format!("Could not read the upload: {reason}"))
+            }
             MediaError::NotFound => Self::not_found("Media not found"),
             MediaError::Store(_) | MediaError::Config(_) => {
                 tracing::error!(error = %err, "media store failure");

@@ -125,16 +125,23 @@ async fn open_connections_are_capped() {
 #[tokio::test]
 async fn a_body_trickled_too_slowly_gets_408() {
     let h = Harness::start_with(TestBackend::Sqlite, |c| c.limits.body_timeout_ms = 500).await;
-    let mut slow = connect(&h).await;
-    slow.write_all(
-        b"POST /_matrix/client/v3/login HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
-          Content-Length: 100\r\n\r\n{\"type\":",
-    )
-    .await
-    .unwrap();
-    let answer = read_to_close(&mut slow).await.expect("an answer, then the connection closed");
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(answer.contains("M_UNKNOWN"), "{answer}");
+    let alice = h.register("alice", "pw").await;
+    let json = "POST /_matrix/client/v3/login HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\n\r\n{\"type\":"
+        .to_owned();
+    let upload = format!(
+        "POST /_matrix/media/v3/upload HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 100000\r\n\r\n{}",
+        alice.access_token,
+        "x".repeat(1000),
+    );
+    for request in [json, upload] {
+        let mut slow = connect(&h).await;
+        slow.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_to_close(&mut slow).await.expect("an answer, then the connection closed");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("M_UNKNOWN"), "{answer}");
+    }
 }
 
 /// The deadlines are for silence, not for work: a long-poll, a slow but steady upload sent after
