@@ -364,6 +364,40 @@ async fn prev_events_pointing_nowhere_or_at_each_other_are_bounded_and_refused()
     assert_eq!(bodies, vec!["still here", "a good one"]);
 }
 
+/// A room's state names many servers; the events of one we have no key for yet, checked
+/// together, make one fetch of its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_events_of_an_unknown_server_make_one_key_fetch() {
+    let ca = TestCa::new();
+    let (a, _alice, remote, mut room, https) = setup(&ca).await;
+    let other = Remote::start(&ca).await;
+    let joins: Vec<Value> = (0..40)
+        .map(|i| {
+            let user = other.user(&format!("u{i}"));
+            let content = json!({ "membership": "join" });
+            let kind = TimelineEventType::RoomMember;
+            let join =
+                other.event(&room, &user, kind, Some(&user), content, vec![room.last.clone()], vec![], room.depth);
+            serde_json::to_value(&join.json).expect("JSON")
+        })
+        .collect();
+    // The state before an event of mallory's that follows one nobody has: those 40 joins.
+    remote.answer("/get_missing_events/", json!({ "events": [] }));
+    remote.answer("/state/", json!({ "pdus": joins, "auth_chain": [] }));
+    let mallory = remote.user("mallory");
+    let auth = vec![
+        room.id_of("m.room.power_levels", "").expect("power levels"),
+        room.id_of("m.room.member", &mallory).expect("mallory's join"),
+    ];
+    room.depth += 1;
+    let content = json!({ "msgtype": "m.text", "body": "after the unknown" });
+    let kind = TimelineEventType::RoomMessage;
+    let message = remote.event(&room, &mallory, kind, None, content, vec![claimed_id('Z')], auth, room.depth);
+    remote.send(&a, &https, &[&message]).await;
+    assert_eq!(remote.requests("/state/"), 1, "{:?}", remote.requests);
+    assert_eq!(other.requests("/_matrix/key/v2/server"), 1, "{:?}", other.requests);
+}
+
 /// An invite countersigned by the invitee's server comes back with an `event_id` field: the ID
 /// is the hash, the field only a claim, and the invite goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

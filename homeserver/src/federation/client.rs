@@ -38,6 +38,8 @@ pub struct FederationClient {
     key: Arc<SigningKey>,
     allow_private: bool,
     key_failures: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// One key fetch per server at a time (see [`Self::key_fetch_turn`]).
+    key_fetches: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
 }
 
 /// Resolves host names for outbound requests, refusing private addresses unless allowed, and
@@ -121,6 +123,7 @@ impl FederationClient {
             key,
             allow_private: config.federation.allow_private_addresses,
             key_failures: Default::default(),
+            key_fetches: Default::default(),
         })
     }
 
@@ -161,6 +164,27 @@ impl FederationClient {
             }),
             None => Ok(()),
         }
+    }
+
+    /// Waits until no one else fetches `server`'s keys: events of one server checked at once
+    /// make one fetch, the others then find the keys stored. Per server, so that a server slow
+    /// to answer holds up no one else's.
+    pub async fn key_fetch_turn(&self, server: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut turns = self.key_fetches.lock().expect("key fetches");
+            match turns.get(server).and_then(std::sync::Weak::upgrade) {
+                Some(turn) => turn,
+                None => {
+                    if turns.len() >= 1024 {
+                        turns.retain(|_, turn| turn.strong_count() > 0);
+                    }
+                    let turn = Arc::new(tokio::sync::Mutex::new(()));
+                    turns.insert(server.to_owned(), Arc::downgrade(&turn));
+                    turn
+                }
+            }
+        };
+        turn.lock_owned().await
     }
 
     /// Remembers that fetching `server`'s keys failed.

@@ -92,6 +92,13 @@ pub async fn server_key(
     {
         return Ok(key.public_key);
     }
+    let _turn = state.federation()?.key_fetch_turn(server_name).await;
+    // Whoever had the turn before may have fetched just this.
+    if let Some(key) = state.storage.server_key(server_name, key_id).await?
+        && usable(&key)
+    {
+        return Ok(key.public_key);
+    }
     fetch_keys(state, server_name).await?;
     match state.storage.server_key(server_name, key_id).await? {
         Some(key) if usable(&key) => Ok(key.public_key),

@@ -395,6 +395,9 @@ async fn receive_with_state(
     submit(state, pdu, false, outliers, prev_states).await
 }
 
+/// Events of one answer (`/state`, `send_join`, `event_auth`) checked at once, at most.
+const CONCURRENT_CHECKS: usize = 16;
+
 /// Verifies a list of PDUs of one room; events that fail are left out.
 async fn verified_list(
     state: &AppState,
@@ -402,9 +405,16 @@ async fn verified_list(
     rules: &RoomVersionRules,
     room_id: &RoomId,
 ) -> Result<Vec<Pdu>, FederationError> {
+    // Checked several at once: each may wait on a key fetch (one per server at a time), and a
+    // room's state names many servers.
+    let values: Vec<&Value> = values.as_array().into_iter().flatten().collect();
+    let mut checked = Vec::with_capacity(values.len());
+    for chunk in values.chunks(CONCURRENT_CHECKS) {
+        checked.extend(futures_util::future::join_all(chunk.iter().map(|v| verify_pdu(state, v, rules))).await);
+    }
     let mut events = Vec::new();
-    for value in values.as_array().into_iter().flatten() {
-        match verify_pdu(state, value, rules).await {
+    for outcome in checked {
+        match outcome {
             Ok(pdu) if pdu.room_id == room_id => events.push(pdu),
             Ok(pdu) => return Err(invalid(format!("{} is in another room", pdu.event_id))),
             Err(err) => tracing::info!(error = %err, "left out an event that failed its checks"),
