@@ -20,7 +20,7 @@ use myelin_federation_tests::{TestCa, User, encode, federated_server, federation
 use myelin_homeserver::crypto::SigningKey;
 use myelin_homeserver::federation::authorization::XMatrix;
 use myelin_homeserver::rooms::pdu::{Pdu, PduTemplate, Placement};
-use myelin_homeserver::test_support::{TestBackend, TestServer};
+use myelin_homeserver::test_support::{TestBackend, TestServer, auth_events_from};
 use poem::listener::{Acceptor, Listener, RustlsCertificate, RustlsConfig, TcpListener};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
@@ -223,28 +223,6 @@ impl Room {
             .unwrap_or_else(|| "leave".to_owned())
     }
 
-    /// The spec's auth events selection (room version 12: the create event is implied).
-    fn auth_events(
-        state: &State,
-        kind: &TimelineEventType,
-        sender: &str,
-        state_key: Option<&str>,
-        membership: &str,
-    ) -> Vec<OwnedEventId> {
-        let mut wanted = vec![("m.room.power_levels", String::new()), ("m.room.member", sender.to_owned())];
-        if *kind == TimelineEventType::RoomMember {
-            wanted.push(("m.room.member", state_key.unwrap_or_default().to_owned()));
-            if ["join", "invite", "knock"].contains(&membership) {
-                wanted.push(("m.room.join_rules", String::new()));
-            }
-        }
-        let mut ids: Vec<OwnedEventId> =
-            wanted.into_iter().filter_map(|(kind, key)| state.get(&(kind.to_owned(), key)).cloned()).collect();
-        ids.sort();
-        ids.dedup();
-        ids
-    }
-
     /// Records an event the real server accepted.
     fn accepted(&mut self, pdu: &Pdu) {
         if let Some(key) = &pdu.state_key {
@@ -266,10 +244,11 @@ async fn setup(ca: &TestCa) -> (TestServer, User, Arc<Remote>, Room, reqwest::Cl
     let https = https_client(ca);
     let mut room = Room::read(&alice, &room_id).await;
     let mallory = remote.user("mallory");
-    let auth = Room::auth_events(&room.state, &TimelineEventType::RoomMember, &mallory, Some(&mallory), "join");
-    room.depth += 1;
     let content = json!({ "membership": "join" });
     let kind = TimelineEventType::RoomMember;
+    let auth =
+        auth_events_from(&room.state, &kind, &mallory, Some(&mallory), &content, &RoomVersionRules::V12.authorization);
+    room.depth += 1;
     let join = remote.event(&room, &mallory, kind, Some(&mallory), content, vec![room.last.clone()], auth, room.depth);
     let answer = remote.send(&a, &https, &[&join]).await;
     assert_eq!(answer[join.event_id.as_str()], json!({}), "the remote's join: {answer}");
@@ -515,8 +494,14 @@ async fn run_sequence(
             }
         };
         let sender = user(sender);
-        let membership = content["membership"].as_str().unwrap_or_default();
-        let auth = Room::auth_events(&cited, &kind, &sender, state_key.as_deref(), membership);
+        let auth = auth_events_from(
+            &cited,
+            &kind,
+            &sender,
+            state_key.as_deref(),
+            &content,
+            &RoomVersionRules::V12.authorization,
+        );
         room.depth += 1;
         let prev = vec![room.last.clone()];
         let pdu = remote.event(&room, &sender, kind, state_key.as_deref(), content, prev, auth, room.depth);

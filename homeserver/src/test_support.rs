@@ -330,3 +330,24 @@ impl Drop for ServerProcess {
         }
     }
 }
+
+/// The auth events an event cites, picked from `state` (type and state key → event ID) by the
+/// spec's selection as the writer makes it (ruma-state-res): for tests that build events by hand.
+pub fn auth_events_from(
+    state: &std::collections::BTreeMap<(String, String), ruma_common::OwnedEventId>,
+    kind: &ruma_events::TimelineEventType,
+    sender: &str,
+    state_key: Option<&str>,
+    content: &serde_json::Value,
+    rules: &ruma_common::room_version_rules::AuthorizationRules,
+) -> Vec<ruma_common::OwnedEventId> {
+    let sender = ruma_common::UserId::parse(sender).expect("a user ID");
+    let content = serde_json::value::to_raw_value(content).expect("JSON");
+    let wanted = ruma_state_res::auth_types_for_event(kind, &sender, state_key, &content, rules)
+        .expect("an event the selection can take");
+    let mut ids: Vec<_> =
+        wanted.iter().filter_map(|(kind, key)| state.get(&(kind.to_string(), key.clone())).cloned()).collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}

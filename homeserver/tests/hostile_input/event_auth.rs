@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use myelin_homeserver::rooms::pdu::Pdu;
+use myelin_homeserver::test_support::auth_events_from;
 use proptest::prelude::*;
 use ruma_common::room_version_rules::RoomVersionRules;
 use ruma_common::{EventId, OwnedEventId, RoomVersionId};
@@ -103,25 +104,6 @@ impl Room {
             .unwrap_or_else(|| "leave".into())
     }
 
-    /// The spec's auth events for an event (v1 "Auth events selection"), from `state`.
-    fn auth_events(&self, state: &State, kind: &str, sender: &str, target: Option<(&str, &str)>) -> Vec<OwnedEventId> {
-        let mut wanted = vec![("m.room.power_levels", String::new()), ("m.room.member", sender.to_owned())];
-        if !self.rules.authorization.room_create_event_id_as_room_id {
-            wanted.push(("m.room.create", String::new()));
-        }
-        if let (Some((target, membership)), "m.room.member") = (target, kind) {
-            wanted.push(("m.room.member", target.to_owned()));
-            if ["join", "invite", "knock"].contains(&membership) {
-                wanted.push(("m.room.join_rules", String::new()));
-            }
-        }
-        let mut ids: Vec<OwnedEventId> =
-            wanted.into_iter().filter_map(|(kind, key)| state.get(&(kind.to_owned(), key)).cloned()).collect();
-        ids.sort();
-        ids.dedup();
-        ids
-    }
-
     /// Builds the event for `action` (auth events from `stale`, an index into the history, or
     /// the current state) and runs the server's checks; an accepted event becomes part of the
     /// room. `None` when the event cannot even be built.
@@ -146,9 +128,8 @@ impl Room {
             }
         };
         let cited = stale.map_or(&self.state, |i| &self.history[i % self.history.len()]);
-        let membership = content["membership"].as_str().unwrap_or_default();
-        let target = state_key.as_deref().map(|key| (key, membership));
-        let auth_events = self.auth_events(cited, &kind.to_string(), &sender, target);
+        let rules = &self.rules.authorization;
+        let auth_events = auth_events_from(cited, &kind, &sender, state_key.as_deref(), &content, rules);
         self.depth += 1;
         let pdu = event(
             &self.rules,
